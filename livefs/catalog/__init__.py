@@ -1,0 +1,15 @@
+"""Simulated modules: the upstream selftest modules and samples, by name."""
+
+from __future__ import annotations
+
+from livefs.kernel.moddef import ModuleDef
+
+from . import samples, selftests
+
+
+def catalog() -> dict[str, ModuleDef]:
+    return {m.name: m for m in selftests.MODULES + samples.MODULES}
+
+
+def find(name: str) -> ModuleDef | None:
+    return catalog().get(name.replace("-", "_"))

@@ -1,0 +1,19 @@
+"""The public API for declaring modules and livepatches in Python.
+
+A livepatch module is a :class:`ModuleDef` with ``livepatch=True`` and a
+:class:`Patch` of :class:`Object` s of :class:`Func` s -- the same shape as
+``struct klp_patch`` in C.  Replacement bodies and callbacks are plain Python
+functions; see README.rst for a worked example.
+"""
+
+from livefs.kernel.kernel import CallContext
+from livefs.kernel.moddef import (Callbacks, Func, Function, ModuleDef, Object, Param, Patch,
+                                  State)
+from livefs.kernel.modules import ModuleContext, ModuleState
+from livefs.kernel.printk import KERN_DEBUG, KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
+
+__all__ = [
+    "CallContext", "Callbacks", "Func", "Function", "ModuleDef", "Object", "Param", "Patch",
+    "State", "ModuleContext", "ModuleState", "KERN_DEBUG", "KERN_ERR", "KERN_INFO", "KERN_NOTICE",
+    "KERN_WARNING",
+]

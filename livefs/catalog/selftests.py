@@ -1,0 +1,172 @@
+"""The modules of the upstream livepatch selftests (test_modules/), rebuilt
+with the public API: same names, parameters, objects, functions, callbacks
+and printed lines (spec/test-modules.md)."""
+
+from __future__ import annotations
+
+from .api import (CallContext, Callbacks, Func, Function, ModuleContext, ModuleDef, Object, Param,
+                  Patch)
+
+
+def _patched_show(call: CallContext) -> str:
+    """The replacement /proc show functions print THIS_MODULE->name."""
+    return f"{call.func.obj}: this has been live patched\n"
+
+
+test_klp_livepatch = ModuleDef(
+    name="test_klp_livepatch",
+    description="Livepatch test: livepatch module",
+    author="Joe Lawrence <joe.lawrence@redhat.com>",
+    livepatch=True,
+    patch=Patch(objs=[Object(None, [Func("cmdline_proc_show", _patched_show,
+                                         new_name="livepatch_cmdline_proc_show")])]),
+)
+
+test_klp_atomic_replace = ModuleDef(
+    name="test_klp_atomic_replace",
+    description="Livepatch test: atomic replace",
+    author="Joe Lawrence <joe.lawrence@redhat.com>",
+    livepatch=True,
+    params=[Param("replace", "int", 0, 0o644, "replace (default=0)")],
+    patch=lambda ctx: Patch(
+        objs=[Object(None, [Func("meminfo_proc_show", _patched_show,
+                                 new_name="livepatch_meminfo_proc_show")])],
+        replace=bool(ctx.param("replace"))),
+)
+
+
+def _callback_line(ctx: ModuleContext, callback: str, obj) -> None:
+    if obj.mod is None:
+        ctx.pr_info(f"{callback}: vmlinux")
+    else:
+        ctx.pr_info(f"{callback}: {obj.mod.name} -> {obj.mod.state.kernel_string}")
+
+
+def demo_callbacks(pre_patch_ret_param: str | None = None) -> Callbacks:
+    """The four printing callbacks of the callbacks demo modules."""
+
+    def pre_patch(ctx: ModuleContext, obj) -> int:
+        _callback_line(ctx, "pre_patch_callback", obj)
+        return ctx.param(pre_patch_ret_param) if pre_patch_ret_param else 0
+
+    return Callbacks(
+        pre_patch=pre_patch,
+        post_patch=lambda ctx, obj: _callback_line(ctx, "post_patch_callback", obj),
+        pre_unpatch=lambda ctx, obj: _callback_line(ctx, "pre_unpatch_callback", obj),
+        post_unpatch=lambda ctx, obj: _callback_line(ctx, "post_unpatch_callback", obj),
+    )
+
+
+def _patched_work_func(call: CallContext) -> None:
+    call.module.pr_info("patched_work_func")
+
+
+_demo_callbacks = demo_callbacks("pre_patch_ret")
+
+test_klp_callbacks_demo = ModuleDef(
+    name="test_klp_callbacks_demo",
+    description="Livepatch test: livepatch demo",
+    author="Joe Lawrence <joe.lawrence@redhat.com>",
+    livepatch=True,
+    params=[Param("pre_patch_ret", "int", 0, 0o644, "pre_patch_ret (default=0)")],
+    patch=Patch(objs=[
+        Object(None, [], _demo_callbacks),
+        Object("test_klp_callbacks_mod", [], _demo_callbacks),
+        Object("test_klp_callbacks_busy",
+               [Func("busymod_work_func", _patched_work_func, new_name="patched_work_func")],
+               _demo_callbacks),
+    ]),
+)
+
+test_klp_callbacks_demo2 = ModuleDef(
+    name="test_klp_callbacks_demo2",
+    description="Livepatch test: livepatch demo2",
+    author="Joe Lawrence <joe.lawrence@redhat.com>",
+    livepatch=True,
+    params=[Param("replace", "int", 0, 0o644, "replace (default=0)")],
+    patch=lambda ctx: Patch(objs=[Object(None, [], demo_callbacks())],
+                            replace=bool(ctx.param("replace"))),
+)
+
+
+def _say(line: str):
+    def fn(ctx: ModuleContext) -> int:
+        ctx.pr_info(line)
+        return 0
+    return fn
+
+
+test_klp_callbacks_mod = ModuleDef(
+    name="test_klp_callbacks_mod",
+    description="Livepatch test: target module",
+    author="Joe Lawrence <joe.lawrence@redhat.com>",
+    init=_say("test_klp_callbacks_mod_init"),
+    exit=_say("test_klp_callbacks_mod_exit"),
+)
+
+
+def _busymod_work_func(call: CallContext) -> None:
+    ctx = call.module
+    ctx.pr_info("busymod_work_func enter")
+    ctx.pr_info("busymod_work_func exit")
+
+
+def _busy_init(ctx: ModuleContext) -> int:
+    ctx.pr_info("test_klp_callbacks_busy_init")
+    with ctx.kernel.kworker() as worker:
+        ctx.kernel.call(worker, ctx.name, "busymod_work_func")
+    return 0
+
+
+test_klp_callbacks_busy = ModuleDef(
+    name="test_klp_callbacks_busy",
+    description="Livepatch test: busy target module",
+    author="Joe Lawrence <joe.lawrence@redhat.com>",
+    params=[Param("block_transition", "bool", False, 0o644, "block_transition (default=false)")],
+    functions=[Function("busymod_work_func", _busymod_work_func)],
+    init=_busy_init,
+    exit=_say("test_klp_callbacks_busy_exit"),
+)
+
+
+def _lp_sys_getpid(call: CallContext) -> int:
+    ctx = call.module
+    pids = ctx.param("klp_pids")
+    for i, pid in enumerate(pids):
+        if pid and pid == call.task.pid:
+            pids[i] = 0
+            ctx.data["npids_pending"] -= 1
+    return call.task.tgid
+
+
+def _syscall_init(ctx: ModuleContext) -> int:
+    ctx.data["npids_pending"] = len(ctx.param("klp_pids"))
+    ctx.kernel.add_kernel_dir(ctx.module, "test_klp_syscall", {
+        "npids": (0o444, lambda: f"{ctx.data['npids_pending']}\n"),
+    })
+    ret = ctx.klp_enable_patch(Patch(objs=[Object(None, [
+        Func("__x64_sys_getpid", _lp_sys_getpid, new_name="lp_sys_getpid")])]))
+    if ret:
+        ctx.kernel.module_freed(ctx.module)
+    return ret
+
+
+def _syscall_exit(ctx: ModuleContext) -> None:
+    ctx.kernel.module_freed(ctx.module)
+
+
+test_klp_syscall = ModuleDef(
+    name="test_klp_syscall",
+    description="Livepatch test: syscall transition",
+    author="Filipe Xavier <felipe_life@live.com>",
+    livepatch=True,
+    params=[Param("klp_pids", "int_array", [], 0, "Array of pids to be transitioned to livepatched state.")],
+    init=_syscall_init,
+    exit=_syscall_exit,
+)
+
+MODULES: list[ModuleDef] = [
+    test_klp_livepatch, test_klp_atomic_replace, test_klp_callbacks_demo, test_klp_callbacks_demo2,
+    test_klp_callbacks_mod, test_klp_callbacks_busy, test_klp_syscall,
+]
+

@@ -1,0 +1,102 @@
+"""Dynamic ftrace, as far as livepatch rides on it.
+
+An :class:`FtraceOps` hooks the entry call site of the functions in its filter.
+When a task calls a traced function every registered ops whose filter holds it
+sees the call; an IPMODIFY ops may redirect execution (that is how livepatch
+swaps bodies).  Registration refuses what the kernel refuses: a PERMANENT ops
+while ``ftrace_enabled`` is off, a second IPMODIFY ops on one function, a
+function that has no ftrace location (notrace).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from typing import Callable
+
+import attrs
+
+from .symbols import KFunc
+from .tasks import Task
+
+
+class OpsFlag(enum.Flag):
+    ENABLED = 1
+    DYNAMIC = 2
+    SAVE_REGS = 4
+    IPMODIFY = 8
+    PERMANENT = 16
+
+
+@attrs.define
+class Regs:
+    """The part of pt_regs a handler may change: where execution continues."""
+
+    ip: KFunc
+
+
+# handler(task, traced_func, regs) -> None; may set regs.ip
+Handler = Callable[[Task, KFunc, Regs], None]
+
+
+@attrs.define(eq=False)
+class FtraceOps:
+    func: Handler
+    flags: OpsFlag = OpsFlag(0)
+    filter: set[KFunc] = attrs.field(factory=set)
+    owner: str = ""
+
+
+@attrs.define
+class Ftrace:
+    enabled: bool = True
+    ops: list[FtraceOps] = attrs.field(factory=list)
+
+    def set_filter_ip(self, ops: FtraceOps, func: KFunc) -> int:
+        if func.notrace:
+            return -errno.EINVAL
+        ops.filter.add(func)
+        return 0
+
+    def register(self, ops: FtraceOps) -> int:
+        if ops in self.ops:
+            return -errno.EBUSY
+        if not self.enabled and OpsFlag.PERMANENT in ops.flags:
+            return -errno.EBUSY
+        if OpsFlag.IPMODIFY in ops.flags:
+            for other in self.ops:
+                if OpsFlag.IPMODIFY in other.flags and other.filter & ops.filter:
+                    return -errno.EBUSY
+        ops.flags |= OpsFlag.ENABLED
+        self.ops.append(ops)
+        return 0
+
+    def unregister(self, ops: FtraceOps) -> int:
+        if ops not in self.ops:
+            return -errno.ENODEV
+        self.ops.remove(ops)
+        ops.flags &= ~OpsFlag.ENABLED
+        return 0
+
+    def set_sysctl(self, value: int) -> int:
+        """proc handler of kernel.ftrace_enabled; value already parsed."""
+        on = value != 0
+        if on == self.enabled:
+            return 0
+        if not on and any(OpsFlag.PERMANENT in o.flags for o in self.ops):
+            return -errno.EBUSY
+        self.enabled = on
+        return 0
+
+    def dispatch(self, task: Task, func: KFunc) -> KFunc:
+        """Run the ops hooked on ``func``'s call site; return where execution goes."""
+        regs = Regs(func)
+        if self.enabled:
+            for ops in list(self.ops):
+                if func in ops.filter:
+                    ops.func(task, func, regs)
+        return regs.ip
+
+    def hooked(self, func: KFunc) -> list[FtraceOps]:
+        return [o for o in self.ops if func in o.filter]
+

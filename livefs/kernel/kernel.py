@@ -1,0 +1,267 @@
+"""The model machine: one object that owns every subsystem and the clock.
+
+Everything above the model (the filesystem, the runtime, tests) talks to a
+:class:`Kernel`.  A request from user space is a *syscall* of a task: it
+enters the kernel, runs model code on that task's stack, and returns to user
+space -- where a pending livepatch switch happens, as on a real kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import attrs
+
+from .clock import NSEC_PER_SEC, Clock, WorkQueue
+from .ftrace import Ftrace
+from .livepatch import Livepatch
+from .livepatch.transition import klp_copy_process, klp_update_patch_state
+from .moddef import ModuleDef
+from .modules import Module, ModuleLoader
+from .printk import DynamicDebug, Printk
+from .symbols import VMLINUX, KFunc, SymbolTable
+from .tasks import KLP_PATCHED, KLP_UNPATCHED, Task, TaskKind, TaskList
+from .version import MAINLINE, KernelVersion
+
+DEFAULT_CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-livefs root=/dev/vda1 ro console=ttyS0 quiet"
+
+DEFAULT_MEMINFO = """\
+MemTotal:        8139212 kB
+MemFree:         6021344 kB
+MemAvailable:    7452908 kB
+Buffers:           52140 kB
+Cached:          1496312 kB
+SwapCached:            0 kB
+Active:           784120 kB
+Inactive:         960284 kB
+SwapTotal:             0 kB
+SwapFree:              0 kB
+Dirty:               108 kB
+Writeback:             0 kB
+AnonPages:        196012 kB
+Mapped:           161520 kB
+Shmem:              9884 kB
+Slab:             140736 kB
+KernelStack:        3968 kB
+PageTables:         5636 kB
+CommitLimit:     4069604 kB
+Committed_AS:    1104952 kB
+VmallocTotal:   34359738367 kB
+HugePages_Total:       0
+Hugepagesize:       2048 kB
+"""
+
+
+@attrs.define
+class CallContext:
+    """Passed to every function body: who is calling, and the machine."""
+
+    kernel: "Kernel"
+    task: Task
+    func: KFunc
+
+    @property
+    def module(self):
+        mod = self.kernel.modules.get(self.func.obj)
+        return mod.ctx if mod is not None else None
+
+
+# Kernel functions that tasks sleep or run in; bodies matter only for the
+# ones a file or syscall reaches (/proc/cmdline, /proc/meminfo, getpid).
+_SCHED_FUNCS = [
+    "do_syscall_64", "schedule", "__schedule", "do_idle", "cpu_startup_entry", "kthread",
+    "kthreadd", "smpboot_thread_fn", "worker_thread", "rcu_gp_kthread", "do_epoll_wait",
+    "ep_poll", "__x64_sys_epoll_wait", "ksys_read", "vfs_read", "ksys_write", "vfs_write",
+    "seq_read_iter", "proc_reg_read_iter", "kernfs_fop_read_iter", "kernfs_fop_write_iter",
+    "__do_sys_finit_module", "__x64_sys_delete_module", "load_module", "do_init_module",
+    "do_wait", "kernel_wait4", "__x64_sys_wait4", "cond_resched", "msleep",
+    "process_one_work", "devkmsg_read", "devkmsg_write",
+]
+
+
+def _cmdline_proc_show(call: CallContext) -> str:
+    return call.kernel.cmdline + "\n"
+
+
+def _meminfo_proc_show(call: CallContext) -> str:
+    return call.kernel.meminfo()
+
+
+def _sys_getpid(call: CallContext) -> int:
+    return call.task.tgid
+
+
+class Kernel:
+    def __init__(self, version: KernelVersion = MAINLINE, ncpus: int = 2,
+                 cmdline: str = DEFAULT_CMDLINE, boot_ns: int = 0,
+                 meminfo: Callable[[], str] | None = None) -> None:
+        self.version = version
+        self.ncpus = ncpus
+        self.cmdline = cmdline
+        self.meminfo: Callable[[], str] = meminfo or (lambda: DEFAULT_MEMINFO)
+        self.clock = Clock(boot_ns)
+        self.wq = WorkQueue(self.clock)
+        self.printk = Printk(self.clock)
+        self.dyndbg = DynamicDebug()
+        self.symbols = SymbolTable()
+        self.tasks = TaskList()
+        self.ftrace = Ftrace()
+        self.modules = ModuleLoader(self)
+        self.livepatch = Livepatch(self)
+        self.current: Task | None = None
+        self.kernel_dirs: dict[str, tuple[Module | None, dict[str, Any]]] = {}
+        self._boot()
+
+    # -- boot -------------------------------------------------------------------
+    def _boot(self) -> None:
+        for name in _SCHED_FUNCS:
+            self.symbols.add(KFunc(name))
+        self.symbols.add(KFunc("cmdline_proc_show", body=_cmdline_proc_show))
+        self.symbols.add(KFunc("meminfo_proc_show", body=_meminfo_proc_show))
+        self.symbols.add(KFunc("__x64_sys_getpid", body=_sys_getpid))
+        self.symbols.add(KFunc("printk", notrace=True))
+        f = self.vmlinux_func
+        init = Task(1, "systemd", TaskKind.USER)
+        init.stack = [f("do_syscall_64"), f("__x64_sys_epoll_wait"), f("do_epoll_wait"), f("ep_poll"),
+                      f("schedule")]
+        self.tasks.add(init)
+        self.tasks.add(Task(2, "kthreadd", TaskKind.KTHREAD, ppid=0,
+                            stack=[f("kthread"), f("kthreadd"), f("schedule")]))
+        self.tasks.add(Task(3, "rcu_gp", TaskKind.KTHREAD, ppid=2,
+                            stack=[f("kthread"), f("rcu_gp_kthread"), f("schedule")]))
+        pid = 4
+        for cpu in range(self.ncpus):
+            for comm, fn in ((f"ksoftirqd/{cpu}", "smpboot_thread_fn"), (f"migration/{cpu}", "smpboot_thread_fn"),
+                             (f"kworker/{cpu}:1", "worker_thread")):
+                self.tasks.add(Task(pid, comm, TaskKind.KTHREAD, ppid=2,
+                                    stack=[f("kthread"), f(fn), f("schedule")]))
+                pid += 1
+        for cpu in range(self.ncpus):
+            self.tasks.idle.append(Task(0, f"swapper/{cpu}", TaskKind.IDLE,
+                                        stack=[f("cpu_startup_entry"), f("do_idle")]))
+
+    def vmlinux_func(self, name: str) -> KFunc:
+        return self.symbols.find(VMLINUX, name)[0]
+
+    # -- time -------------------------------------------------------------------
+    def run_until(self, t_ns: int) -> int:
+        return self.wq.run_until(t_ns)
+
+    def advance(self, ns: int) -> int:
+        return self.run_until(self.clock.now_ns + ns)
+
+    def run_pending(self) -> int:
+        """Run work that is already due (zero-delay work such as freeing)."""
+        return self.wq.run_until(self.clock.now_ns)
+
+    def settle(self, limit_s: int = 120) -> None:
+        """Advance model time until no transition or work is pending (tests)."""
+        end = self.clock.now_ns + limit_s * NSEC_PER_SEC
+        while self.clock.now_ns < end:
+            due = self.wq.next_deadline()
+            if due is None:
+                return
+            self.run_until(due)
+
+    # -- printk -------------------------------------------------------------------
+    def printk_task(self, level: int, text: str) -> None:
+        caller = f"T{self.current.pid}" if self.current is not None else "T0"
+        self.printk.log(level, text, caller=caller)
+
+    # -- tasks and syscalls ---------------------------------------------------------
+    def task_for(self, pid: int, comm: str = "", ppid: int = 0) -> Task:
+        """The task of a real process, created on first contact."""
+        task = self.tasks.get(pid)
+        if task is not None:
+            if comm:
+                task.comm = comm[:15]
+            return task
+        task = Task(pid, (comm or f"pid{pid}")[:15], TaskKind.USER, ppid=ppid, external=True)
+        parent = self.tasks.get(ppid) if ppid else None
+        if parent is not None:
+            klp_copy_process(self.livepatch, parent, task)
+        elif self.livepatch.in_transition():
+            # born before we could see it: it has not been checked yet
+            target = self.livepatch.target_state
+            task.patch_state = KLP_UNPATCHED if target == KLP_PATCHED else KLP_PATCHED
+            task.patch_pending = True
+        return self.tasks.add(task)
+
+    def exit_task(self, pid: int) -> None:
+        self.tasks.remove(pid)
+
+    @contextlib.contextmanager
+    def syscall(self, task: Task, entry: str = "do_syscall_64") -> Iterator[Task]:
+        """A task enters the kernel; on the way back out it may switch."""
+        outer = self.current
+        self.current = task
+        task.in_syscall = True
+        base = len(task.stack)
+        task.stack.append(self.vmlinux_func(entry))
+        try:
+            yield task
+        finally:
+            del task.stack[base:]
+            task.in_syscall = False
+            self.current = outer
+            klp_update_patch_state(self.livepatch, task)  # exit_to_user_mode
+            self.run_pending()
+
+    @contextlib.contextmanager
+    def in_function(self, obj: str, name: str) -> Iterator[None]:
+        task = self.current
+        if task is None:
+            yield
+            return
+        found = self.symbols.find(obj, name)
+        task.stack.append(found[0] if found else KFunc(name, obj))
+        try:
+            yield
+        finally:
+            task.stack.pop()
+
+    @contextlib.contextmanager
+    def kworker(self, cpu: int = 0) -> Iterator[Task]:
+        worker = next((t for t in self.tasks.tasks.values() if t.comm == f"kworker/{cpu}:1"), None)
+        outer = self.current
+        self.current = worker
+        try:
+            yield worker  # type: ignore[misc]
+        finally:
+            self.current = outer
+
+    def call(self, task: Task, obj: str, name: str, *args: Any) -> Any:
+        """``task`` calls ``obj:name``; ftrace may redirect it (livepatch)."""
+        funcs = self.symbols.find(obj, name)
+        if not funcs:
+            raise LookupError(f"no function {name} in {obj}")
+        target = self.ftrace.dispatch(task, funcs[0])
+        task.stack.append(target)
+        try:
+            return target.body(CallContext(self, task, target), *args)
+        finally:
+            task.stack.pop()
+
+    def signal_wake(self, task: Task) -> None:
+        """klp_send_signals(): a fake signal sends a user task through its
+        exit-to-user path; a kthread is only woken."""
+        if task.kind is TaskKind.USER and not task.in_syscall:
+            klp_update_patch_state(self.livepatch, task)
+
+    # -- modules ---------------------------------------------------------------------
+    def load_module(self, defn: ModuleDef, args: str = "") -> int:
+        return self.modules.load(defn, args)
+
+    def delete_module(self, name: str) -> int:
+        return self.modules.delete(name)
+
+    def module_freed(self, mod: Module) -> None:
+        for name, (owner, _) in list(self.kernel_dirs.items()):
+            if owner is mod:
+                del self.kernel_dirs[name]
+
+    def add_kernel_dir(self, owner: Module | None, name: str, attrs_: dict[str, Any]) -> None:
+        """kobject_create_and_add(name, kernel_kobj) with attributes:
+        ``attrs_`` maps a file name to ``(mode, show)``."""
+        self.kernel_dirs[name] = (owner, attrs_)

@@ -1,0 +1,391 @@
+"""Patch lifecycle (kernel/livepatch/core.c): enable, disable, replace,
+late module loading, the sysfs attribute semantics, and freeing.
+
+The model keeps the kernel's two lists apart: ``patches`` is ``klp_patches``
+(enabled patches and the one in transition, in enabling order: what
+``stack_order`` counts), while ``sysfs_patches`` holds every patch whose
+kobject still exists (a patch leaves ``patches`` at once when it is freed but
+its directory goes only when the free work runs).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..moddef import Patch, State
+from ..printk import KERN_DEBUG, KERN_ERR, KERN_NOTICE, KERN_WARNING, DebugSite
+from ..symbols import KFunc
+from ..tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED
+from ..clock import Work
+from . import transition as tr
+from .objects import KlpFunc, KlpObject, KlpPatch
+from .patch import KlpOps, klp_patch_object, klp_unpatch_object, klp_unpatch_objects
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel
+    from ..modules import Module
+
+__all__ = ["Livepatch", "KlpPatch", "KlpObject", "KlpFunc"]
+
+
+def kstrtobool(data: bytes) -> bool | None:
+    """The kernel's kstrtobool(): first character decides; None on error."""
+    if not data:
+        return None
+    c = chr(data[0])
+    if c in "yYtT1":
+        return True
+    if c in "nNfF0":
+        return False
+    if c in "oO" and len(data) > 1:
+        c2 = chr(data[1])
+        if c2 in "nN":
+            return True
+        if c2 in "fF":
+            return False
+    return None
+
+
+@attrs.define(eq=False)
+class Livepatch:
+    k: "Kernel"
+    patches: list[KlpPatch] = attrs.field(factory=list)
+    sysfs_patches: list[KlpPatch] = attrs.field(factory=list)
+    transition_patch: KlpPatch | None = None
+    target_state: int = KLP_UNDEFINED
+    signals_cnt: int = 0
+    cond_resched_enabled: bool = False
+    ops: dict[KFunc, KlpOps] = attrs.field(factory=dict)
+    transition_work: Work | None = None
+    debug_sites: dict[str, DebugSite] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        for key, (func, line, fmt) in tr.DEBUG_SITES.items():
+            self.debug_sites[key] = self.k.dyndbg.add_site(
+                DebugSite("livepatch", "kernel/livepatch/transition.c", line, func, fmt))
+
+    # -- logging -----------------------------------------------------------
+    def pr(self, level: int, msg: str) -> None:
+        self.k.printk_task(level, f"livepatch: {msg}")
+
+    def pr_debug(self, key: str, msg: str) -> None:
+        if self.debug_sites[key].enabled:
+            self.k.printk_task(KERN_DEBUG, f"livepatch: {msg}")
+
+    # -- transition work -----------------------------------------------------
+    def schedule_transition_work(self, delay_ns: int) -> None:
+        if self.transition_work is not None and not self.transition_work.cancelled \
+                and self.transition_work.due_ns >= self.k.clock.now_ns:
+            return  # schedule_delayed_work() on pending work is a no-op
+        self.transition_work = self.k.wq.schedule(delay_ns, "klp_transition_work",
+                                                  self._transition_work_fn)
+
+    def _transition_work_fn(self) -> None:
+        self.transition_work = None
+        if self.transition_patch is not None:
+            with self.k.kworker():
+                tr.klp_try_complete_transition(self)
+
+    # -- callbacks -----------------------------------------------------------
+    def _call(self, cb: Any, obj: KlpObject) -> Any:
+        return cb(obj.patch.ctx, obj) if cb is not None else 0
+
+    def pre_patch_callback(self, obj: KlpObject) -> int:
+        ret = self._call(obj.callbacks.pre_patch, obj) or 0
+        obj.post_unpatch_enabled = ret == 0
+        return ret
+
+    def post_patch_callback(self, obj: KlpObject) -> None:
+        self._call(obj.callbacks.post_patch, obj)
+
+    def pre_unpatch_callback(self, obj: KlpObject) -> None:
+        self._call(obj.callbacks.pre_unpatch, obj)
+
+    def post_unpatch_callback(self, obj: KlpObject) -> None:
+        if obj.post_unpatch_enabled:
+            self._call(obj.callbacks.post_unpatch, obj)
+        obj.post_unpatch_enabled = False
+
+    # -- states (state.c) ------------------------------------------------------
+    def get_prev_state(self, state_id: int) -> State | None:
+        if self.transition_patch is None:
+            return None
+        last = None
+        for patch in self.patches:
+            if patch is self.transition_patch:
+                break
+            last = patch.get_state(state_id) or last
+        return last
+
+    def is_patch_compatible(self, new: KlpPatch) -> bool:
+        for old in self.patches:
+            for state in old.states:
+                mine = new.get_state(state.id)
+                if mine is None:
+                    if new.replace:
+                        return False
+                    continue
+                if mine.version < state.version:
+                    return False
+        return True
+
+    # -- building and initialising a patch -------------------------------------
+    def _build(self, mod: "Module", decl: Patch) -> KlpPatch | int:
+        patch = KlpPatch(mod=mod, replace=decl.replace, states=list(decl.states), ctx=mod.ctx)
+        for odecl in decl.objs:
+            obj = KlpObject(odecl.name, patch, callbacks=odecl.callbacks)
+            for fdecl in odecl.funcs:
+                if not fdecl.old_name or fdecl.new_func is None:
+                    return -errno.EINVAL
+                new = self.k.symbols.add(KFunc(fdecl.new_name, mod.name, body=fdecl.new_func))
+                obj.funcs.append(KlpFunc(fdecl.old_name, fdecl.old_sympos, obj, new_func=new))
+            patch.objs.append(obj)
+        return patch
+
+    def _add_nops(self, patch: KlpPatch) -> None:
+        for old in self.patches:
+            for old_obj in old.objs:
+                obj = next((o for o in patch.objs if o.name == old_obj.name), None)
+                if obj is None:
+                    obj = KlpObject(old_obj.name, patch, dynamic=True)
+                    patch.objs.append(obj)
+                for old_func in old_obj.funcs:
+                    if any(f.same_target(old_func) for f in obj.funcs):
+                        continue
+                    obj.funcs.append(KlpFunc(old_func.old_name, old_func.old_sympos, obj, nop=True))
+
+    def _init_object_loaded(self, obj: KlpObject) -> int:
+        objname = obj.name or "vmlinux"
+        for func in obj.funcs:
+            old, ret, msg = self.k.symbols.lookup(objname, func.old_name, func.old_sympos)
+            if old is None:
+                self.pr(KERN_ERR, msg or "")
+                return ret
+            func.old_func = old
+            if func.nop:
+                func.new_func = old
+        return 0
+
+    def _free_object_loaded(self, obj: KlpObject) -> None:
+        obj.mod = None
+        for func in obj.funcs:
+            func.old_func = None
+
+    def _find_loaded_module(self, name: str) -> "Module | None":
+        mod = self.k.modules.get(name)
+        return mod if mod is not None and mod.klp_alive else None
+
+    def _init_patch(self, patch: KlpPatch) -> int:
+        patch.kobj_alive = True
+        self.sysfs_patches.append(patch)
+        if patch.replace:
+            self._add_nops(patch)
+        for obj in patch.objs:
+            if obj.is_module:
+                obj.mod = self._find_loaded_module(obj.name or "")
+            if obj.loaded:
+                ret = self._init_object_loaded(obj)
+                if ret:
+                    return ret
+        self.patches.append(patch)
+        return 0
+
+    # -- enable ------------------------------------------------------------------
+    def enable_patch(self, mod: "Module", decl: Patch) -> int:
+        """klp_enable_patch(), called from a livepatch module's init."""
+        if not mod.defn.livepatch:
+            self.pr(KERN_ERR, f"module {mod.name} is not marked as a livepatch module")
+            return -errno.EINVAL
+        built = self._build(mod, decl)
+        if isinstance(built, int):
+            return built
+        patch = built
+        if not self.is_patch_compatible(patch):
+            self.pr(KERN_ERR, f"Livepatch patch ({mod.name}) is not compatible with the already installed livepatches.")
+            return -errno.EINVAL
+        if not self.k.modules.try_module_get(mod):
+            return -errno.ENODEV
+        ret = self._init_patch(patch)
+        if not ret:
+            ret = self._enable(patch)
+        if ret:
+            self._free_patch_start(patch)
+            self._free_patch_finish(patch)
+        return ret
+
+    def _enable(self, patch: KlpPatch) -> int:
+        if self.transition_patch is not None:
+            return -errno.EBUSY
+        self.pr(KERN_NOTICE, f"enabling patch '{patch.name}'")
+        tr.klp_init_transition(self, patch, KLP_PATCHED)
+        for obj in patch.objs:
+            if not obj.loaded:
+                continue
+            ret = self.pre_patch_callback(obj)
+            if ret:
+                self.pr(KERN_WARNING, f"pre-patch callback failed for object '{obj.sysfs_name}'")
+                return self._enable_failed(patch, ret)
+            ret = klp_patch_object(self, obj)
+            if ret:
+                self.pr(KERN_WARNING, f"failed to patch object '{obj.sysfs_name}'")
+                return self._enable_failed(patch, ret)
+        tr.klp_start_transition(self)
+        patch.enabled = True
+        tr.klp_try_complete_transition(self)
+        return 0
+
+    def _enable_failed(self, patch: KlpPatch, ret: int) -> int:
+        self.pr(KERN_WARNING, f"failed to enable patch '{patch.name}'")
+        tr.klp_cancel_transition(self)
+        return ret
+
+    # -- disable -------------------------------------------------------------------
+    def _disable(self, patch: KlpPatch) -> int:
+        if not patch.enabled:
+            return -errno.EINVAL
+        if self.transition_patch is not None:
+            return -errno.EBUSY
+        tr.klp_init_transition(self, patch, KLP_UNPATCHED)
+        for obj in patch.objs:
+            if obj.patched:
+                self.pre_unpatch_callback(obj)
+        tr.klp_start_transition(self)
+        patch.enabled = False
+        tr.klp_try_complete_transition(self)
+        return 0
+
+    # -- sysfs stores --------------------------------------------------------------
+    def enabled_store(self, patch: KlpPatch, data: bytes) -> int:
+        value = kstrtobool(data)
+        if value is None:
+            return -errno.EINVAL
+        if patch.enabled == value:
+            return -errno.EINVAL
+        if patch is self.transition_patch:
+            tr.klp_reverse_transition(self)
+            return 0
+        if not value:
+            return self._disable(patch)
+        return -errno.EINVAL
+
+    def force_store(self, patch: KlpPatch, data: bytes) -> int:
+        value = kstrtobool(data)
+        if value is None:
+            return -errno.EINVAL
+        if not value:
+            return 0
+        if patch is not self.transition_patch:
+            return -errno.EINVAL
+        tr.klp_force_transition(self)
+        return 0
+
+    def stack_order(self, patch: KlpPatch) -> int:
+        order = 0
+        for p in self.patches:
+            order += 1
+            if p is patch:
+                break
+        return order
+
+    # -- replace -----------------------------------------------------------------------
+    def unpatch_replaced_patches(self, new: KlpPatch) -> None:
+        for old in self.patches:
+            if old is new:
+                continue
+            old.enabled = False
+            klp_unpatch_objects(self, old)
+
+    def discard_nops(self, patch: KlpPatch) -> None:
+        klp_unpatch_objects(self, patch, nops_only=True)
+        for obj in patch.objs:
+            obj.funcs = [f for f in obj.funcs if not f.nop]
+        patch.objs = [o for o in patch.objs if not o.dynamic]
+
+    # -- freeing ---------------------------------------------------------------------------
+    def _free_patch_start(self, patch: KlpPatch) -> None:
+        if patch in self.patches:
+            self.patches.remove(patch)
+
+    def _free_patch_finish(self, patch: KlpPatch) -> None:
+        if patch.kobj_alive:
+            patch.kobj_alive = False
+            self.sysfs_patches.remove(patch)
+        for obj in patch.objs:
+            for func in obj.funcs:
+                if func.new_func is not None and not func.nop:
+                    self.k.symbols.discard(func.new_func)
+        if not patch.forced:
+            self.k.modules.module_put(patch.mod)
+
+    def free_patch_async(self, patch: KlpPatch) -> None:
+        self._free_patch_start(patch)
+        self.k.wq.schedule(0, "klp_free_patch_work", lambda: self._free_patch_finish(patch))
+
+    def free_replaced_patches_async(self, new: KlpPatch) -> None:
+        for old in [p for p in self.patches if p is not new]:
+            self.free_patch_async(old)
+
+    # -- late module loading -------------------------------------------------------------
+    def module_coming(self, mod: "Module") -> int:
+        if mod.name == "vmlinux":
+            self.k.printk_task(KERN_ERR, "livepatch: vmlinux.ko: invalid module name")
+            return -errno.EINVAL
+        mod.klp_alive = True
+        for patch in list(self.patches):
+            obj = next((o for o in patch.objs if o.name == mod.name), None)
+            if obj is None:
+                continue
+            obj.mod = mod
+            ret = self._init_object_loaded(obj)
+            if ret:
+                self.pr(KERN_WARNING, f"failed to initialize patch '{patch.name}' for module '{mod.name}' ({ret})")
+                return self._coming_failed(mod, patch, obj, ret)
+            self.pr(KERN_NOTICE, f"applying patch '{patch.name}' to loading module '{mod.name}'")
+            ret = self.pre_patch_callback(obj)
+            if ret:
+                self.pr(KERN_WARNING, f"pre-patch callback failed for object '{mod.name}'")
+                return self._coming_failed(mod, patch, obj, ret)
+            ret = klp_patch_object(self, obj)
+            if ret:
+                self.pr(KERN_WARNING, f"failed to apply patch '{patch.name}' to module '{mod.name}' ({ret})")
+                self.post_unpatch_callback(obj)
+                return self._coming_failed(mod, patch, obj, ret)
+            if patch is not self.transition_patch:
+                self.post_patch_callback(obj)
+        return 0
+
+    def _coming_failed(self, mod: "Module", patch: KlpPatch, obj: KlpObject, ret: int) -> int:
+        self.pr(KERN_WARNING,
+                f"patch '{patch.name}' failed for module '{mod.name}', refusing to load module '{mod.name}'")
+        mod.klp_alive = False
+        self._free_object_loaded(obj)
+        self._cleanup_module_patches(mod, limit=patch)
+        return ret
+
+    def module_going(self, mod: "Module") -> None:
+        mod.klp_alive = False
+        self._cleanup_module_patches(mod, limit=None)
+
+    def _cleanup_module_patches(self, mod: "Module", limit: KlpPatch | None) -> None:
+        for patch in list(self.patches):
+            if patch is limit:
+                break
+            obj = next((o for o in patch.objs if o.name == mod.name), None)
+            if obj is None or obj.mod is None:
+                continue
+            if patch is not self.transition_patch:
+                self.pre_unpatch_callback(obj)
+            self.pr(KERN_NOTICE, f"reverting patch '{patch.name}' on unloading module '{mod.name}'")
+            klp_unpatch_object(self, obj)
+            self.post_unpatch_callback(obj)
+            self._free_object_loaded(obj)
+
+    # -- queries for views ------------------------------------------------------------
+    def find_sysfs_patch(self, name: str) -> KlpPatch | None:
+        return next((p for p in self.sysfs_patches if p.name == name), None)
+
+    def in_transition(self) -> bool:
+        return self.transition_patch is not None

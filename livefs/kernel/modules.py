@@ -1,0 +1,223 @@
+"""The module loader: insert, init, live, exit, remove.
+
+Loading follows load_module()/do_init_module(): parameters are parsed, taints
+are applied (with their once-per-boot messages), the module's symbols appear,
+livepatch's coming notifier runs, then ``init``.  A failing init unwinds
+through the going notifier; a *positive* init return keeps the module, with
+the loader's warning, exactly as the kernel does.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .moddef import ModuleDef, Patch
+from .params import ParamValue, split_args
+from .printk import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
+from .symbols import KFunc
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+
+class ModuleState(enum.Enum):
+    LIVE = "live"
+    COMING = "coming"
+    GOING = "going"
+    UNFORMED = "unformed"
+
+    @property
+    def kernel_string(self) -> str:
+        """How test_klp_callbacks_demo prints a module state."""
+        return {
+            ModuleState.LIVE: "[MODULE_STATE_LIVE] Normal state",
+            ModuleState.COMING: "[MODULE_STATE_COMING] Full formed, running module_init",
+            ModuleState.GOING: "[MODULE_STATE_GOING] Going away",
+            ModuleState.UNFORMED: "[MODULE_STATE_UNFORMED] Still setting it up",
+        }[self]
+
+
+TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, TAINT_LIVEPATCH = 12, 13, 15
+TAINT_LETTERS = {TAINT_OOT_MODULE: "O", TAINT_UNSIGNED_MODULE: "E", TAINT_LIVEPATCH: "K"}
+
+
+class ModuleContext:
+    """What module code sees: THIS_MODULE, its parameters, and kernel APIs."""
+
+    def __init__(self, kernel: "Kernel", mod: "Module") -> None:
+        self.kernel = kernel
+        self.module = mod
+        self.data: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.module.name
+
+    def param(self, name: str) -> Any:
+        return self.module.params[name].value
+
+    def set_param(self, name: str, value: Any) -> None:
+        self.module.params[name].value = value
+
+    def printk(self, level: int, msg: str) -> None:
+        self.kernel.printk_task(level, msg)
+
+    def pr_info(self, msg: str) -> None:
+        """pr_info() with the modules' usual ``KBUILD_MODNAME ": "`` pr_fmt."""
+        self.printk(KERN_INFO, f"{self.name}: {msg}")
+
+    def klp_enable_patch(self, patch: Patch) -> int:
+        return self.kernel.livepatch.enable_patch(self.module, patch)
+
+    def klp_get_state(self, state_id: int):
+        patch = next((p for p in self.kernel.livepatch.sysfs_patches if p.mod is self.module), None)
+        return patch.get_state(state_id) if patch else None
+
+    def klp_get_prev_state(self, state_id: int):
+        return self.kernel.livepatch.get_prev_state(state_id)
+
+    def function(self, name: str) -> KFunc:
+        return next(f for f in self.kernel.symbols.functions(self.name) if f.name == name)
+
+
+@attrs.define(eq=False, repr=False)
+class Module:
+    defn: ModuleDef
+    state: ModuleState = ModuleState.UNFORMED
+    refcnt: int = 0
+    params: dict[str, ParamValue] = attrs.field(factory=dict)
+    taints: set[int] = attrs.field(factory=set)
+    klp_alive: bool = False
+    ctx: ModuleContext = attrs.field(default=None)
+
+    def __repr__(self) -> str:
+        return f"<Module {self.name}>"
+
+    @property
+    def name(self) -> str:
+        return self.defn.name
+
+    @property
+    def taint_letters(self) -> str:
+        return "".join(TAINT_LETTERS[b] for b in sorted(self.taints))
+
+
+@attrs.define(eq=False)
+class ModuleLoader:
+    k: "Kernel"
+    modules: dict[str, Module] = attrs.field(factory=dict)  # insertion order = load order
+    tainted: int = 0
+    _taint_once: set[int] = attrs.field(factory=set)
+
+    def get(self, name: str) -> Module | None:
+        return self.modules.get(name)
+
+    def try_module_get(self, mod: Module) -> bool:
+        if mod.state is ModuleState.GOING or mod.name not in self.modules:
+            return False
+        mod.refcnt += 1
+        return True
+
+    def module_put(self, mod: Module) -> None:
+        if mod.refcnt > 0:
+            mod.refcnt -= 1
+
+    def _taint(self, mod: Module, bit: int, message: str | None, level: int) -> None:
+        mod.taints.add(bit)
+        if message and bit not in self._taint_once:
+            self.k.printk_task(level, f"{mod.name}: {message}")
+        self._taint_once.add(bit)
+        self.tainted |= 1 << bit
+
+    def load(self, defn: ModuleDef, args: str = "") -> int:
+        """init_module(): 0, or a negative errno with nothing left behind."""
+        name = defn.name
+        if name in self.modules:
+            return -errno.EEXIST
+        mod = Module(defn)
+        mod.ctx = ModuleContext(self.k, mod)
+        for decl in defn.params:
+            mod.params[decl.name] = ParamValue(decl, list(decl.default) if isinstance(decl.default, list) else decl.default)
+        self.modules[name] = mod
+        if defn.out_of_tree:
+            self._taint(mod, TAINT_OOT_MODULE, "loading out-of-tree module taints kernel.", KERN_WARNING)
+        if defn.livepatch:
+            self._taint(mod, TAINT_LIVEPATCH, "tainting kernel with TAINT_LIVEPATCH", KERN_NOTICE)
+        if not defn.signed:
+            self._taint(mod, TAINT_UNSIGNED_MODULE,
+                        "module verification failed: signature and/or required key missing - tainting kernel",
+                        KERN_NOTICE)
+        for pname, value in split_args(args):
+            pv = mod.params.get(pname)
+            if pv is None:
+                self.k.printk_task(KERN_WARNING, f"{name}: unknown parameter '{pname}' ignored")
+                continue
+            if value is None and pv.decl.type != "bool":
+                self.k.printk_task(KERN_ERR, f"{name}: '' invalid for parameter '{pname}'")
+                del self.modules[name]
+                return -errno.EINVAL
+            if pv.parse(value if value is not None else ""):
+                self.k.printk_task(KERN_ERR, f"{name}: '{value}' invalid for parameter '{pname}'")
+                del self.modules[name]
+                return -errno.EINVAL
+        for fdecl in defn.functions:
+            self.k.symbols.add(KFunc(fdecl.name, name, body=fdecl.body, notrace=fdecl.notrace, size=fdecl.size))
+        mod.state = ModuleState.COMING
+        ret = self.k.livepatch.module_coming(mod)
+        if ret:
+            return self._unwind(mod, ret)
+        ret = self._run_init(mod)
+        if ret < 0:
+            return self._unwind(mod, ret)
+        if ret > 0:
+            self.k.printk_task(KERN_WARNING, f"do_init_module: '{name}'->init suspiciously returned {ret}, "
+                                             "it should follow 0/-E convention")
+            self.k.printk_task(KERN_WARNING, "do_init_module: loading module anyway...")
+        mod.state = ModuleState.LIVE
+        return 0
+
+    def _run_init(self, mod: Module) -> int:
+        defn = mod.defn
+        init = defn.init
+        if init is None and defn.patch is not None:
+            def init(ctx: ModuleContext, defn: ModuleDef = defn) -> int:
+                patch = defn.patch(ctx) if callable(defn.patch) else defn.patch
+                return ctx.klp_enable_patch(patch)
+        if init is None:
+            return 0
+        with self.k.in_function(mod.name, "init_module"):
+            return int(init(mod.ctx) or 0)
+
+    def _unwind(self, mod: Module, ret: int) -> int:
+        mod.state = ModuleState.GOING
+        self.k.livepatch.module_going(mod)
+        self._free(mod)
+        return ret
+
+    def _free(self, mod: Module) -> None:
+        self.k.symbols.remove_object(mod.name)
+        self.modules.pop(mod.name, None)
+        self.k.module_freed(mod)
+
+    def delete(self, name: str) -> int:
+        """delete_module(name, O_NONBLOCK)."""
+        mod = self.modules.get(name)
+        if mod is None or mod.state is not ModuleState.LIVE:
+            return -errno.ENOENT
+        if mod.refcnt > 0:
+            return -errno.EWOULDBLOCK
+        mod.state = ModuleState.GOING
+        if mod.defn.exit is not None:
+            with self.k.in_function(mod.name, "cleanup_module"):
+                mod.defn.exit(mod.ctx)
+        self.k.livepatch.module_going(mod)
+        self._free(mod)
+        return 0
+
+    def param_store(self, mod: Module, pname: str, data: bytes) -> int:
+        pv = mod.params[pname]
+        return pv.parse(data.decode("utf-8", "replace"))

@@ -1,0 +1,181 @@
+"""The printk ring buffer and dynamic debug.
+
+Records carry the sequence number, level, facility and model timestamp that
+``/dev/kmsg`` exposes.  ``pr_debug`` call sites are registered with
+:class:`DynamicDebug` exactly like the kernel's ``__dyndbg`` section entries, so
+the selftests' writes to ``dynamic_debug/control`` decide which debug lines
+reach the log.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+from collections import deque
+from typing import Callable
+
+import attrs
+
+from .clock import Clock
+
+KERN_EMERG, KERN_ALERT, KERN_CRIT, KERN_ERR, KERN_WARNING, KERN_NOTICE, KERN_INFO, KERN_DEBUG = range(8)
+LOG_USER = 1
+DEFAULT_MESSAGE_LOGLEVEL = KERN_WARNING
+
+
+@attrs.frozen
+class LogRecord:
+    seq: int
+    ts_ns: int
+    facility: int
+    level: int
+    text: str
+    caller: str  # "T<pid>" for a task context, as CONFIG_PRINTK_CALLER prints
+
+    @property
+    def prefix(self) -> int:
+        return self.facility * 8 + self.level
+
+
+@attrs.define
+class Printk:
+    """A bounded log; old records fall off the front like the real ring."""
+
+    clock: Clock
+    capacity: int = 65536
+    records: deque[LogRecord] = attrs.field(init=False)
+    next_seq: int = 0
+    clear_seq: int = 0
+    listeners: list[Callable[[LogRecord], None]] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        self.records = deque(maxlen=self.capacity)
+
+    def log(self, level: int, text: str, facility: int = 0, caller: str = "T0") -> LogRecord:
+        rec = LogRecord(self.next_seq, self.clock.now_ns, facility, level, text, caller)
+        self.next_seq += 1
+        self.records.append(rec)
+        for listener in self.listeners:
+            listener(rec)
+        return rec
+
+    def first_seq(self) -> int:
+        return self.records[0].seq if self.records else self.next_seq
+
+    def record_at(self, seq: int) -> LogRecord | None:
+        if not self.records or seq < self.records[0].seq or seq >= self.next_seq:
+            return None
+        return self.records[seq - self.records[0].seq]
+
+    def write_user(self, data: bytes, caller: str) -> None:
+        """One ``write()`` to /dev/kmsg: one record, ``<N>`` sets facility/level."""
+        text = data.decode("utf-8", "surrogateescape")
+        facility, level = LOG_USER, DEFAULT_MESSAGE_LOGLEVEL
+        if text.startswith("<"):
+            end = text.find(">")
+            if 1 < end <= 4 and text[1:end].isdigit():
+                prio = int(text[1:end])
+                level = prio & 7
+                # the kernel forbids user space to claim the kernel facility
+                facility = (prio >> 3) or LOG_USER
+                text = text[end + 1:]
+        if text.endswith("\n"):
+            text = text[:-1]
+        self.log(level, text, facility=facility, caller=caller)
+
+
+@attrs.define(eq=False)
+class DebugSite:
+    """One ``pr_debug()`` call site, as listed in dynamic_debug/control."""
+
+    module: str
+    filename: str
+    lineno: int
+    function: str
+    fmt: str
+    flags: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return "p" in self.flags
+
+    def control_line(self) -> str:
+        escaped = (self.fmt.replace("\\", "\\\\").replace("\n", "\\012")
+                   .replace("\t", "\\011").replace('"', '\\"'))
+        flags = self.flags or "_"
+        return f'{self.filename}:{self.lineno} [{self.module}]{self.function} ={flags} "{escaped}"'
+
+
+_FLAG_CHARS = set("pmfltsd_")
+
+
+@attrs.define
+class DynamicDebug:
+    sites: list[DebugSite] = attrs.field(factory=list)
+
+    def add_site(self, site: DebugSite) -> DebugSite:
+        self.sites.append(site)
+        return site
+
+    def control_text(self) -> str:
+        lines = ["# filename:lineno [module]function flags format"]
+        lines += [s.control_line() for s in self.sites]
+        return "\n".join(lines) + "\n"
+
+    def exec_queries(self, text: str) -> int:
+        """Apply the queries of one write; 0 or -EINVAL like ddebug_exec_queries."""
+        queries = [q.strip() for part in text.split("\n") for q in part.split(";")]
+        queries = [q for q in queries if q and not q.startswith("#")]
+        parsed = []
+        for q in queries:
+            query = self._parse(q)
+            if query is None:
+                return -errno.EINVAL
+            parsed.append(query)
+        for match, op, flags in parsed:
+            for site in self.sites:
+                if match(site):
+                    cur = set(site.flags)
+                    if op == "+":
+                        cur |= flags
+                    elif op == "-":
+                        cur -= flags
+                    else:
+                        cur = set(flags)
+                    site.flags = "".join(c for c in "pmflts" if c in cur)
+        return 0
+
+    @staticmethod
+    def _parse(query: str):
+        words = query.split()
+        if not words:
+            return None
+        flagword = words[-1]
+        if flagword[0] not in "+-=" or not set(flagword[1:]) <= _FLAG_CHARS:
+            return None
+        op, flags = flagword[0], set(flagword[1:]) - {"_"}
+        words = words[:-1]
+        if len(words) % 2:
+            return None
+        conds: list[Callable[[DebugSite], bool]] = []
+        for key, value in zip(words[0::2], words[1::2]):
+            if key == "file":
+                conds.append(lambda s, v=value: fnmatch.fnmatchcase(s.filename, v)
+                             or fnmatch.fnmatchcase(s.filename.rsplit("/", 1)[-1], v))
+            elif key == "func":
+                conds.append(lambda s, v=value: fnmatch.fnmatchcase(s.function, v))
+            elif key == "module":
+                conds.append(lambda s, v=value: fnmatch.fnmatchcase(s.module, v))
+            elif key == "format":
+                conds.append(lambda s, v=value: v in s.fmt)
+            elif key == "line":
+                lo, _, hi = value.partition("-")
+                try:
+                    first = int(lo) if lo else 0
+                    last = int(hi) if hi else (first if not _ else 1 << 30)
+                except ValueError:
+                    return None
+                conds.append(lambda s, a=first, b=last: a <= s.lineno <= b)
+            else:
+                return None
+        return (lambda s: all(c(s) for c in conds)), op, flags
