@@ -1,0 +1,5 @@
+import sys
+
+from livefs.cli import main
+
+sys.exit(main())

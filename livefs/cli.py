@@ -1,0 +1,158 @@
+"""``livefs`` command line: mount, umount, run, modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from livefs.kernel.version import KernelVersion
+
+from .runtime.mounts import DEFAULT_MOUNTPOINTS, REPO, MountError, is_livefs, start_daemon, stop_daemon
+
+SHIMS = REPO / "contrib" / "shims"
+
+
+def _version(text: str) -> str:
+    try:
+        KernelVersion.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.01 <= value <= 1000:
+        raise argparse.ArgumentTypeError("scale must be between 0.01 and 1000")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel-version", type=_version, default="mainline",
+                   help="kernel ABI to model: mainline (default), 6.12, 6.1, ...")
+    p.add_argument("--scale", type=_scale, default=1.0,
+                   help="model seconds per wall-clock second (default 1: the kernel's own cadence)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="livefs", description="A sysfs-faithful FUSE mock of Linux livepatch.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount the mock (default under mountpoints/)")
+    m.add_argument("dir", nargs="?", help="empty directory to mount on (default: mountpoints/default)")
+    m.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
+    _common(m)
+
+    u = sub.add_parser("umount", help="unmount a livefs mount and stop its daemon")
+    u.add_argument("dir")
+
+    r = sub.add_parser("run", help="run a command with the mock at the real paths (private mount namespace)")
+    r.add_argument("--mount", dest="mount_dir", help="use this existing livefs mount instead of a fresh one")
+    _common(r)
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+
+    mo = sub.add_parser("modules", help="the module catalog")
+    msub = mo.add_subparsers(dest="modules_command", required=True)
+    ex = msub.add_parser("export", help="write a stand-in DIR/<mod>.ko for every catalog module")
+    ex.add_argument("dir")
+    ex.add_argument("names", nargs="*", help="only these modules")
+    msub.add_parser("list", help="list catalog modules")
+    return ap
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    target = Path(args.dir) if args.dir else DEFAULT_MOUNTPOINTS / "default"
+    if args.dir is None:
+        target.mkdir(parents=True, exist_ok=True)
+    if args.foreground:
+        from .runtime.daemon import serve
+        from .runtime.mounts import check_mountpoint
+        check_mountpoint(target)
+        return serve(str(target), KernelVersion.parse(args.kernel_version), args.scale)
+    pid = start_daemon(target, args.kernel_version, args.scale)
+    print(f"livefs mounted at {target} (daemon pid {pid}); stop it with: livefs umount {target}")
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    stop_daemon(Path(args.dir))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
+    if not cmd:
+        raise MountError("livefs run: no command given (livefs run -- CMD ...)")
+    if not SHIMS.is_dir():
+        raise MountError(f"shims not found at {SHIMS}: install livefs from its source tree (pip install -e .)")
+    if shutil.which("unshare") is None:
+        raise MountError("unshare (util-linux) is required for livefs run")
+    own = args.mount_dir is None
+    if own:
+        DEFAULT_MOUNTPOINTS.mkdir(parents=True, exist_ok=True)
+        mnt = Path(tempfile.mkdtemp(prefix="run-", dir=DEFAULT_MOUNTPOINTS))
+        start_daemon(mnt, args.kernel_version, args.scale)
+    else:
+        mnt = Path(args.mount_dir).resolve()
+        if not is_livefs(mnt):
+            raise MountError(f"{mnt}: not a livefs mount")
+    scratch = Path(tempfile.mkdtemp(prefix="livefs-ns-"))
+    try:
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--",
+                                 sys.executable, "-m", "livefs.runtime.namespace",
+                                 str(mnt), str(SHIMS), str(scratch), "--", *cmd])
+
+        def forward(signum: int, frame: object) -> None:
+            proc.send_signal(signum)
+
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            rc = proc.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return rc if rc >= 0 else 128 - rc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if own:
+            stop_daemon(mnt)
+            try:
+                mnt.rmdir()
+            except OSError:
+                pass
+
+
+def cmd_modules(args: argparse.Namespace) -> int:
+    from livefs.catalog import catalog, image
+    if args.modules_command == "list":
+        for name, defn in catalog().items():
+            print(f"{name:<28} {'livepatch' if defn.livepatch else 'module':<9} {defn.description}")
+        return 0
+    unknown = [n for n in args.names if n not in catalog()]
+    if unknown:
+        raise MountError(f"not in the catalog: {', '.join(unknown)} (see livefs modules list)")
+    release = os.uname().release
+    for path in image.export(Path(args.dir), release, args.names or None):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    handlers = {"mount": cmd_mount, "umount": cmd_umount, "run": cmd_run, "modules": cmd_modules}
+    try:
+        return handlers[args.command](args)
+    except MountError as exc:
+        print(f"livefs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,61 @@
+"""/sys/kernel/debug: dynamic_debug/control, and livefs/ -- the mock's own
+control files that the module-tool shims use (clearly outside the kernel's
+paths)."""
+
+from __future__ import annotations
+
+import errno
+
+from livefs.catalog import catalog, image
+
+from .tree import Attr, Dir, Request
+
+
+def _control_store(req: Request, data: bytes) -> int:
+    return req.kernel.dyndbg.exec_queries(data.decode("utf-8", "replace"))
+
+
+def _init_module(req: Request, data: bytes) -> int:
+    """``<args>\\0<image>``: init_module(2) with the stand-in's bytes."""
+    args, sep, blob = data.partition(b"\0")
+    if not sep:
+        return -errno.EINVAL
+    defn, err = image.resolve(blob)
+    if defn is None:
+        return err
+    with req.kernel.in_function("vmlinux", "load_module"):
+        return req.kernel.load_module(defn, args.decode("utf-8", "replace"))
+
+
+def _delete_module(req: Request, data: bytes) -> int:
+    name = data.decode("utf-8", "replace").strip().replace("-", "_")
+    return req.kernel.delete_module(name)
+
+
+def _modules(req: Request) -> str:
+    lines = []
+    for mod in reversed(list(req.kernel.modules.modules.values())):
+        lines.append(f"{mod.name} {mod.defn.size} {mod.refcnt} - {mod.state.value.capitalize()}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _clear_store(req: Request, data: bytes) -> int:
+    req.kernel.printk.clear_seq = req.kernel.printk.next_seq
+    return 0
+
+
+def debug_dir() -> Dir:
+    dyndbg = Dir(entries=lambda req: [
+        ("control", Attr(perm=0o644, st_size=0, show=lambda r: r.kernel.dyndbg.control_text(),
+                         store=_control_store, store_max=1 << 20)),
+    ])
+    livefs = Dir(perm=0o700, entries=lambda req: [
+        ("init_module", Attr(perm=0o200, st_size=0, store=_init_module, store_max=1 << 24)),
+        ("delete_module", Attr(perm=0o200, st_size=0, store=_delete_module)),
+        ("modules", Attr(perm=0o444, st_size=0, show=_modules)),
+        ("kmsg_clear_seq", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.printk.clear_seq}\n",
+                                store=_clear_store)),
+        ("catalog", Attr(perm=0o444, st_size=0, show=lambda r: "".join(f"{n}\n" for n in catalog()))),
+        ("release", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.version.release}\n")),
+    ])
+    return Dir(perm=0o700, entries=lambda req: [("dynamic_debug", dyndbg), ("livefs", livefs)])

@@ -1,0 +1,210 @@
+"""The fusepy adapter: FUSE requests in, tree operations out, errno back.
+
+It knows nothing of livepatch.  Every request runs inside the model owner as a
+syscall of the calling process (``owner.syscall(pid, fn)``); the only thing done
+outside it is waiting for a blocking ``/dev/kmsg`` read, so one waiting reader
+never stalls the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import Any, Callable, Protocol
+
+import fuse
+
+from .tree import Attr, Dir, Request, Stream, Symlink, nlink, resolve
+
+
+class Owner(Protocol):
+    def syscall(self, pid: int, fn: Callable[[Request], Any]) -> Any: ...
+    def wait_for_log(self, timeout: float) -> bool: ...
+    @property
+    def stopping(self) -> bool: ...
+
+
+def _err(code: int) -> fuse.FuseOSError:
+    return fuse.FuseOSError(code)
+
+
+class LivefsOperations(fuse.Operations):
+    # no xattr handlers: the kernel then stops asking (saves a round trip per write)
+    getxattr = None
+    listxattr = None
+    setxattr = None
+    removexattr = None
+
+    def __init__(self, root: Dir, owner: Owner) -> None:
+        self.root = root
+        self.owner = owner
+        self.handles: dict[int, Any] = {}
+        self.nonblock: dict[int, bool] = {}
+        self.next_fh = 1
+        self.mounted_at = time.time()
+
+    # -- helpers --------------------------------------------------------------
+    def _call(self, fn: Callable[[Request], Any]) -> Any:
+        _, _, pid = fuse.fuse_get_context()
+        return self.owner.syscall(pid, fn)
+
+    def _node(self, req: Request, path: str):
+        node = resolve(self.root, req, path)
+        if node is None:
+            raise _err(errno.ENOENT)
+        return node
+
+    # -- metadata ---------------------------------------------------------------
+    def getattr(self, path: str, fh: Any = None) -> dict:
+        def fn(req: Request) -> dict:
+            node = self._node(req, path)
+            t = self.mounted_at
+            return dict(st_mode=node.mode, st_nlink=nlink(node, req), st_size=node.size(),
+                        st_uid=0, st_gid=0, st_atime=t, st_mtime=t, st_ctime=t, st_blksize=4096)
+        return self._call(fn)
+
+    def readdir(self, path: str, fh: Any) -> list[str]:
+        def fn(req: Request) -> list[str]:
+            node = self._node(req, path)
+            if not isinstance(node, Dir):
+                raise _err(errno.ENOTDIR)
+            return [".", ".."] + [name for name, _ in node.listing(req)]
+        return self._call(fn)
+
+    def readlink(self, path: str) -> str:
+        def fn(req: Request) -> str:
+            node = self._node(req, path)
+            if not isinstance(node, Symlink):
+                raise _err(errno.EINVAL)
+            return node.target(req)
+        return self._call(fn)
+
+    def access(self, path: str, amode: int) -> int:
+        self._call(lambda req: self._node(req, path))
+        return 0
+
+    def statfs(self, path: str) -> dict:
+        return dict(f_bsize=4096, f_frsize=4096, f_blocks=0, f_bfree=0, f_bavail=0, f_namemax=255)
+
+    # -- files ---------------------------------------------------------------------
+    def open(self, path: str, flags: int) -> int:
+        def fn(req: Request) -> int:
+            node = self._node(req, path)
+            if isinstance(node, Dir):
+                raise _err(errno.EISDIR)
+            accmode = flags & 3
+            if isinstance(node, Attr):
+                wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
+                wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
+                if (wants_write and (node.store is None or not node.perm & 0o222)) or \
+                        (wants_read and (node.show is None or not node.perm & 0o444)):
+                    raise _err(errno.EACCES)
+            elif not isinstance(node, Stream):
+                raise _err(errno.EACCES)
+            handle = node.open(req, flags)
+            fh = self.next_fh
+            self.next_fh += 1
+            self.handles[fh] = handle
+            self.nonblock[fh] = bool(flags & os.O_NONBLOCK)
+            return fh
+        return self._call(fn)
+
+    def _handle(self, fh: int) -> Any:
+        handle = self.handles.get(fh)
+        if handle is None:
+            raise _err(errno.EBADF)
+        return handle
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        while True:
+            try:
+                return self._call(lambda req: self._handle(fh).read(req, size, offset))
+            except BlockingIOError:
+                if self.nonblock.get(fh, True):
+                    raise _err(errno.EAGAIN)
+            except OSError as exc:
+                if isinstance(exc, fuse.FuseOSError):
+                    raise
+                raise _err(exc.errno or errno.EIO)
+            # a blocking reader waits here, outside the model, for the next record
+            self.owner.wait_for_log(0.25)
+            if self.owner.stopping:
+                raise _err(errno.EINTR)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        def fn(req: Request) -> int:
+            ret = self._handle(fh).write(req, data)
+            if ret < 0:
+                raise _err(-ret)
+            return ret
+        return self._call(fn)
+
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        def fn(req: Request) -> int:
+            node = self._node(req, path)
+            if isinstance(node, Dir):
+                raise _err(errno.EISDIR)
+            if isinstance(node, Attr) and node.store is None:
+                raise _err(errno.EACCES)
+            return 0
+        return self._call(fn)
+
+    def release(self, path: str, fh: int) -> int:
+        self.handles.pop(fh, None)
+        self.nonblock.pop(fh, None)
+        return 0
+
+    def flush(self, path: str, fh: int) -> int:
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        return 0
+
+    def utimens(self, path: str, times: Any = None) -> int:
+        self._call(lambda req: self._node(req, path))
+        return 0
+
+    # -- namespace operations: sysfs refuses them all -----------------------------
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        def fn(req: Request) -> int:
+            parent = resolve(self.root, req, os.path.dirname(path))
+            if parent is None:
+                raise _err(errno.ENOENT)
+            raise _err(errno.EACCES)
+        return self._call(fn)
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        raise _err(errno.EPERM)
+
+    def mkdir(self, path: str, mode: int) -> int:
+        def fn(req: Request) -> int:
+            if resolve(self.root, req, os.path.dirname(path)) is None:
+                raise _err(errno.ENOENT)
+            raise _err(errno.EEXIST if resolve(self.root, req, path) is not None else errno.EPERM)
+        return self._call(fn)
+
+    def _refuse(self, path: str) -> int:
+        self._call(lambda req: self._node(req, path))
+        raise _err(errno.EPERM)
+
+    def unlink(self, path: str) -> int:
+        return self._refuse(path)
+
+    def rmdir(self, path: str) -> int:
+        return self._refuse(path)
+
+    def rename(self, old: str, new: str) -> int:
+        return self._refuse(old)
+
+    def chmod(self, path: str, mode: int) -> int:
+        return self._refuse(path)
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return self._refuse(path)
+
+    def symlink(self, target: str, source: str) -> int:
+        raise _err(errno.EPERM)
+
+    def link(self, target: str, source: str) -> int:
+        raise _err(errno.EPERM)

@@ -1,0 +1,67 @@
+"""/proc views: per-task directories, cmdline, meminfo, the sysctls we own."""
+
+from __future__ import annotations
+
+import errno
+import re
+from typing import Iterable
+
+from livefs.kernel.tasks import Task
+
+from .tree import Attr, Dir, Node, Request, Symlink
+
+_DOINTVEC = re.compile(rb"\s*(-?\d+)\s*\Z")
+
+
+def parse_dointvec(data: bytes) -> int | None:
+    """proc_dointvec() for a single value: optional whitespace around one integer."""
+    m = _DOINTVEC.match(data)
+    return int(m.group(1)) if m else None
+
+
+def _task_dir(task: Task) -> Dir:
+    def stack(req: Request) -> str:
+        return "".join(f"[<0>] {f.name}+0x0/0x{f.size:x}{'' if f.obj == 'vmlinux' else f' [{f.obj}]'}\n"
+                       for f in reversed(task.stack))
+
+    files: list[tuple[str, Node]] = [
+        ("comm", Attr(perm=0o644, st_size=0, show=lambda req: f"{task.comm}\n")),
+        ("patch_state", Attr(perm=0o400, st_size=0, show=lambda req: f"{task.patch_state}\n")),
+        ("stack", Attr(perm=0o400, st_size=0, show=stack)),
+    ]
+    return Dir(perm=0o555, entries=lambda req: files)
+
+
+def _lookup_pid(req: Request, name: str) -> Node | None:
+    if not name.isdigit():
+        return None
+    task = req.kernel.tasks.get(int(name))
+    return _task_dir(task) if task is not None else None
+
+
+def _ftrace_enabled_store(req: Request, data: bytes) -> int:
+    value = parse_dointvec(data)
+    if value is None:
+        return -errno.EINVAL
+    return req.kernel.ftrace.set_sysctl(value)
+
+
+def proc_dir() -> Dir:
+    sys_kernel = Dir(perm=0o555, entries=lambda req: [
+        ("ftrace_enabled", Attr(perm=0o644, st_size=0, show=lambda r: f"{int(r.kernel.ftrace.enabled)}\n",
+                                store=_ftrace_enabled_store)),
+        ("tainted", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.modules.tainted}\n")),
+    ])
+    sys_dir = Dir(perm=0o555, entries=lambda req: [("kernel", sys_kernel)])
+
+    def entries(req: Request) -> Iterable[tuple[str, Node]]:
+        k = req.kernel
+        yield "cmdline", Attr(st_size=0, show=lambda r: k.call(r.task, "vmlinux", "cmdline_proc_show"))
+        yield "meminfo", Attr(st_size=0, show=lambda r: k.call(r.task, "vmlinux", "meminfo_proc_show"))
+        yield "self", Symlink(target=lambda r: str(r.task.tgid))
+        yield "sys", sys_dir
+        for task in sorted(k.tasks.tasks.values(), key=lambda t: t.pid):
+            if task.pid == task.tgid:
+                yield str(task.pid), _task_dir(task)
+
+    return Dir(perm=0o555, entries=entries, hidden=_lookup_pid)

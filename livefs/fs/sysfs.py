@@ -1,0 +1,77 @@
+"""/sys views: kernel/livepatch, module/<name>, and module-created kernel dirs."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from livefs.kernel.livepatch import KlpObject, KlpPatch
+from livefs.kernel.modules import Module
+
+from .tree import Attr, Dir, Node, Request
+
+
+def _int_attr(fn, perm: int = 0o444) -> Attr:
+    return Attr(perm=perm, show=lambda req: f"{int(fn(req))}\n")
+
+
+def _func_dirs(obj: KlpObject) -> Iterable[tuple[str, Node]]:
+    for func in obj.funcs:
+        yield func.sysfs_name, Dir()
+
+
+def _object_dir(obj: KlpObject) -> Dir:
+    def entries(req: Request) -> Iterable[tuple[str, Node]]:
+        if req.kernel.version.has_object_patched:
+            yield "patched", _int_attr(lambda r: obj.patched)
+        yield from _func_dirs(obj)
+    return Dir(entries=entries)
+
+
+def _patch_dir(patch: KlpPatch) -> Dir:
+    def entries(req: Request) -> Iterable[tuple[str, Node]]:
+        k = req.kernel
+        lp = k.livepatch
+        yield "enabled", Attr(perm=0o644, show=lambda r: f"{int(patch.enabled)}\n",
+                              store=lambda r, data: lp.enabled_store(patch, data))
+        yield "transition", _int_attr(lambda r: patch is lp.transition_patch)
+        yield "force", Attr(perm=0o200, store=lambda r, data: lp.force_store(patch, data))
+        if k.version.has_replace_attr:
+            yield "replace", _int_attr(lambda r: patch.replace)
+        if k.version.has_stack_order:
+            yield "stack_order", _int_attr(lambda r: lp.stack_order(patch))
+        for obj in patch.objs:
+            yield obj.sysfs_name, _object_dir(obj)
+    return Dir(entries=entries)
+
+
+def livepatch_dir() -> Dir:
+    return Dir(entries=lambda req: [(p.name, _patch_dir(p)) for p in req.kernel.livepatch.sysfs_patches])
+
+
+def _param_attr(mod: Module, name: str, perm: int) -> Attr:
+    writable = perm & 0o222
+    return Attr(perm=perm, show=lambda req: mod.params[name].show(),
+                store=(lambda req, data: req.kernel.modules.param_store(mod, name, data)) if writable else None)
+
+
+def _module_dir(mod: Module) -> Dir:
+    def entries(req: Request) -> Iterable[tuple[str, Node]]:
+        yield "holders", Dir()
+        yield "initstate", Attr(show=lambda r: f"{mod.state.value}\n")
+        visible = [(n, pv.decl.perm) for n, pv in mod.params.items() if pv.decl.perm]
+        if visible:
+            yield "parameters", Dir(entries=lambda r: [(n, _param_attr(mod, n, p)) for n, p in visible])
+        yield "refcnt", Attr(show=lambda r: f"{mod.refcnt}\n")
+        yield "taint", Attr(show=lambda r: f"{mod.taint_letters}\n")
+    return Dir(entries=entries)
+
+
+def module_dir() -> Dir:
+    return Dir(entries=lambda req: [(m.name, _module_dir(m)) for m in req.kernel.modules.modules.values()])
+
+
+def kernel_object_dirs(req: Request) -> Iterable[tuple[str, Node]]:
+    """Directories that modules hang under /sys/kernel (kernel_kobj)."""
+    for name, (_, files) in list(req.kernel.kernel_dirs.items()):
+        yield name, Dir(entries=lambda r, files=files: [
+            (fname, Attr(perm=perm, show=lambda r2, show=show: show())) for fname, (perm, show) in files.items()])

@@ -1,0 +1,177 @@
+"""A kernfs-like tree: directories, attribute files and symlinks.
+
+The tree knows nothing of livepatch.  Directory entries are computed from the
+model at every lookup (nothing is cached, so a directory that vanishes in the
+model vanishes at once), a file's bytes are produced when it is opened
+(``single_open``), and a write is one ``store`` call that returns 0 or a
+negative errno -- the sysfs contract.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from typing import Callable, Iterable, Protocol
+
+import attrs
+
+from livefs.kernel.kernel import Kernel
+from livefs.kernel.tasks import Task
+
+SYSFS_FILE_SIZE = 4096  # what stat reports for every sysfs attribute
+SYSFS_STORE_MAX = 4095  # PAGE_SIZE - 1: what one store sees at most
+
+
+@attrs.define
+class Request:
+    """Who is asking: the model kernel and the calling task."""
+
+    kernel: Kernel
+    task: Task
+
+
+class Handle(Protocol):
+    def read(self, req: Request, size: int, offset: int) -> bytes: ...
+    def write(self, req: Request, data: bytes) -> int: ...
+
+
+Show = Callable[[Request], "str | bytes"]
+Store = Callable[[Request, bytes], int]
+
+
+@attrs.define(eq=False)
+class Node:
+    perm: int = 0o444
+
+    @property
+    def mode(self) -> int:
+        raise NotImplementedError
+
+    def size(self) -> int:
+        return 0
+
+
+@attrs.define(eq=False)
+class Attr(Node):
+    """A file whose content is ``show()`` at open and whose writes go to ``store``."""
+
+    show: Show | None = None
+    store: Store | None = None
+    st_size: int = SYSFS_FILE_SIZE
+    store_max: int = SYSFS_STORE_MAX
+
+    @property
+    def mode(self) -> int:
+        return stat.S_IFREG | self.perm
+
+    def size(self) -> int:
+        return self.st_size
+
+    def open(self, req: Request, flags: int) -> "Handle":
+        return SnapshotHandle(self, self._render(req) if self._reads(flags) else b"")
+
+    @staticmethod
+    def _reads(flags: int) -> bool:
+        return (flags & 3) in (0, 2)
+
+    def _render(self, req: Request) -> bytes:
+        if self.show is None:
+            return b""
+        out = self.show(req)
+        return out.encode() if isinstance(out, str) else out
+
+
+@attrs.define(eq=False)
+class SnapshotHandle:
+    node: Attr
+    content: bytes
+
+    def read(self, req: Request, size: int, offset: int) -> bytes:
+        return self.content[offset:offset + size]
+
+    def write(self, req: Request, data: bytes) -> int:
+        if not data:
+            return 0
+        if self.node.store is None:
+            return -errno.EIO
+        chunk = data[:self.node.store_max]
+        ret = self.node.store(req, chunk)
+        return ret if ret < 0 else len(chunk)
+
+
+@attrs.define(eq=False)
+class Stream(Node):
+    """A file with its own per-open state (``/dev/kmsg``)."""
+
+    opener: Callable[[Request, int], Handle] = attrs.field(default=None)
+
+    @property
+    def mode(self) -> int:
+        return stat.S_IFREG | self.perm
+
+    def open(self, req: Request, flags: int) -> Handle:
+        return self.opener(req, flags)
+
+
+@attrs.define(eq=False)
+class Symlink(Node):
+    target: Callable[[Request], str] = attrs.field(default=None)
+    perm: int = 0o777
+
+    @property
+    def mode(self) -> int:
+        return stat.S_IFLNK | self.perm
+
+
+Entries = Callable[[Request], Iterable[tuple[str, Node]]]
+
+
+@attrs.define(eq=False)
+class Dir(Node):
+    """A directory whose entries are computed per request.
+
+    ``entries`` lists what ``ls`` shows; ``lookup`` may resolve names that are
+    not listed (``/proc/<tid>`` for a thread id, as Linux does).
+    """
+
+    perm: int = 0o755
+    entries: Entries = attrs.field(factory=lambda: (lambda req: ()))
+    hidden: Callable[[Request, str], Node | None] | None = None
+
+    @property
+    def mode(self) -> int:
+        return stat.S_IFDIR | self.perm
+
+    def listing(self, req: Request) -> list[tuple[str, Node]]:
+        return list(self.entries(req))
+
+    def lookup(self, req: Request, name: str) -> Node | None:
+        for entry, node in self.entries(req):
+            if entry == name:
+                return node
+        return self.hidden(req, name) if self.hidden else None
+
+
+def static_dir(children: dict[str, Node] | Callable[[], dict[str, Node]], perm: int = 0o755) -> Dir:
+    if callable(children):
+        return Dir(perm=perm, entries=lambda req: children().items())
+    return Dir(perm=perm, entries=lambda req: children.items())
+
+
+def resolve(root: Dir, req: Request, path: str) -> Node | None:
+    node: Node | None = root
+    for part in path.strip("/").split("/"):
+        if not part:
+            continue
+        if not isinstance(node, Dir):
+            return None
+        node = node.lookup(req, part)
+        if node is None:
+            return None
+    return node
+
+
+def nlink(node: Node, req: Request) -> int:
+    if isinstance(node, Dir):
+        return 2 + sum(1 for _, child in node.listing(req) if isinstance(child, Dir))
+    return 1

@@ -1,0 +1,56 @@
+"""Serving a mount: the model, its owner thread, and the FUSE loop.
+
+libfuse runs in the main thread so that its SIGINT/SIGTERM/SIGHUP handlers
+end the loop and unmount cleanly; ``livefs umount`` (fusermount -u) ends it
+the same way.  Whatever way the loop ends, the owner thread is stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import fuse
+
+from livefs.fs.fuse_ops import LivefsOperations
+from livefs.fs.root import build_root
+from livefs.kernel.kernel import DEFAULT_CMDLINE, Kernel
+from livefs.kernel.version import KernelVersion
+
+from .owner import ModelOwner
+
+
+def _host_text(path: str, default: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def make_kernel(version: KernelVersion) -> Kernel:
+    """A model machine whose clock starts at the host's uptime, so dmesg
+    timestamps look like a real machine's."""
+    ncpus = max(1, min(os.cpu_count() or 1, 128))
+    return Kernel(version=version, ncpus=ncpus, cmdline=DEFAULT_CMDLINE, boot_ns=time.monotonic_ns(),
+                  meminfo=lambda: _host_text("/proc/meminfo", ""))
+
+
+def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="livefs[%(process)d] %(levelname)s %(message)s")
+    kernel = make_kernel(version)
+    owner = ModelOwner(kernel, scale=scale)
+    owner.start()
+    if owner.error is not None:
+        raise owner.error
+    ops = LivefsOperations(build_root(), owner)
+    try:
+        fuse.FUSE(ops, mountpoint, foreground=True, nothreads=False, allow_other=True,
+                  direct_io=True, atomic_o_trunc=True, attr_timeout=0, entry_timeout=0,
+                  negative_timeout=0, fsname="livefs", subtype="livefs")
+    finally:
+        owner.stop()
+    return 0

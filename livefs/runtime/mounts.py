@@ -1,0 +1,124 @@
+"""Starting, finding and stopping mount daemons from the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_MOUNTPOINTS = REPO / "mountpoints"
+STATE_DIR = Path(os.environ.get("LIVEFS_STATE_DIR", "/run/livefs"))
+READY_TIMEOUT_S = 20.0
+
+
+class MountError(Exception):
+    pass
+
+
+def _state(mountpoint: Path) -> Path:
+    key = hashlib.sha1(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+    return STATE_DIR / key
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path.resolve())
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1] == target for line in f)
+    except OSError:
+        return False
+
+
+def is_livefs(path: Path) -> bool:
+    return is_mounted(path) and (path / "sys/kernel/debug/livefs").is_dir()
+
+
+def check_mountpoint(path: Path) -> None:
+    if not path.exists():
+        raise MountError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise MountError(f"{path}: not a directory")
+    if is_mounted(path):
+        raise MountError(f"{path}: something is already mounted there (livefs umount {path}?)")
+    if any(path.iterdir()):
+        raise MountError(f"{path}: directory is not empty")
+
+
+def start_daemon(mountpoint: Path, kernel_version: str, scale: float) -> int:
+    """Mount in a background daemon; return its pid once the mount answers."""
+    if not Path("/dev/fuse").exists():
+        raise MountError("/dev/fuse is missing: load the fuse module or run in a FUSE-capable machine")
+    check_mountpoint(mountpoint)
+    state = _state(mountpoint)
+    state.mkdir(parents=True, exist_ok=True)
+    log = open(state / "daemon.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livefs", "mount", "--foreground", "--kernel-version", kernel_version,
+         "--scale", str(scale), str(mountpoint)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MountError(f"mount daemon exited with {proc.returncode}:\n"
+                             + (state / "daemon.log").read_text(errors="replace"))
+        if is_livefs(mountpoint):
+            (state / "pid").write_text(f"{proc.pid}\n")
+            (state / "mountpoint").write_text(str(mountpoint.resolve()))
+            return proc.pid
+        time.sleep(0.02)
+    proc.kill()
+    raise MountError(f"mount at {mountpoint} did not come up within {READY_TIMEOUT_S:.0f} s")
+
+
+def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
+    state = _state(mountpoint)
+    pid = None
+    try:
+        pid = int((state / "pid").read_text())
+    except (OSError, ValueError):
+        pass
+    if not is_mounted(mountpoint) and pid is None:
+        raise MountError(f"{mountpoint}: not a livefs mount")
+    if is_mounted(mountpoint):
+        rc = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
+        if rc.returncode != 0:
+            # a dead daemon leaves "Transport endpoint is not connected": detach it lazily
+            subprocess.run(["fusermount", "-u", "-z", str(mountpoint)], capture_output=True)
+    if pid is not None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.02)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    for name in ("pid", "mountpoint", "daemon.log"):
+        try:
+            (state / name).unlink()
+        except OSError:
+            pass
+    try:
+        state.rmdir()
+    except OSError:
+        pass
+    if is_mounted(mountpoint):
+        raise MountError(f"{mountpoint}: still mounted after umount")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,161 @@
+"""The single owner of a live model: a trio loop in its own thread.
+
+FUSE handler threads never touch the model themselves; each request is handed
+to the trio loop (``trio.from_thread.run_sync``) and runs there, to the end, as
+a syscall of the calling process.  Between requests the loop runs the model's
+timed work (transition retries, frees) when it falls due on the real clock.
+A ``scale`` above 1 runs model time faster than the wall clock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import trio
+
+from livefs.fs.tree import Request
+from livefs.kernel.clock import NSEC_PER_SEC
+from livefs.kernel.kernel import Kernel
+from livefs.kernel.printk import LogRecord
+
+REAP_INTERVAL_S = 1.0
+
+
+def host_process_info(pid: int) -> tuple[str, int, int]:
+    """(comm, ppid, tgid) of a host process, from /proc; blanks if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("utf-8", "replace")
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        ppid = int(raw[raw.rindex(")") + 2:].split()[1])
+        tgid = pid
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                    break
+        return comm, ppid, tgid
+    except (OSError, ValueError):
+        return "", 0, pid
+
+
+class ModelOwner:
+    def __init__(self, kernel: Kernel, scale: float = 1.0) -> None:
+        self.kernel = kernel
+        self.scale = scale
+        self._t0 = time.monotonic_ns()
+        self._model_t0 = kernel.clock.now_ns
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._log_cond = threading.Condition()
+        self._log_seq = 0
+        self._known: set[int] = set()
+        self._wake: trio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        kernel.printk.listeners.append(self._on_record)
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="livefs-model", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._log_cond:
+            self._log_cond.notify_all()
+        if self._token is not None:
+            try:
+                trio.from_thread.run_sync(self._poke, trio_token=self._token)
+            except (trio.RunFinishedError, RuntimeError):
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # surfaced by the daemon, never swallowed silently
+            self.error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._ready.set()
+        last_reap = time.monotonic()
+        while not self._stop.is_set():
+            self._sync_clock()
+            if time.monotonic() - last_reap >= REAP_INTERVAL_S:
+                self._reap()
+                last_reap = time.monotonic()
+            due = self.kernel.wq.next_deadline()
+            wait_s = REAP_INTERVAL_S
+            if due is not None:
+                wait_s = min(wait_s, max(0.0, (due - self.model_now()) / NSEC_PER_SEC / self.scale))
+            self._wake = trio.Event()
+            with trio.move_on_after(wait_s):
+                await self._wake.wait()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- time -------------------------------------------------------------------
+    def model_now(self) -> int:
+        return self._model_t0 + int((time.monotonic_ns() - self._t0) * self.scale)
+
+    def _sync_clock(self) -> None:
+        self.kernel.run_until(max(self.kernel.clock.now_ns, self.model_now()))
+
+    # -- tasks -------------------------------------------------------------------
+    def _reap(self) -> None:
+        for task in list(self.kernel.tasks.tasks.values()):
+            if task.external and not task.in_syscall and not os.path.exists(f"/proc/{task.pid}"):
+                self.kernel.exit_task(task.pid)
+                self._known.discard(task.pid)
+
+    # -- requests ------------------------------------------------------------------
+    def syscall(self, pid: int, fn: Callable[[Request], Any]) -> Any:
+        info = host_process_info(pid) if pid not in self._known else None
+        return trio.from_thread.run_sync(self._syscall, pid, info, fn, trio_token=self._token)
+
+    def _syscall(self, pid: int, info: tuple[str, int, int] | None, fn: Callable[[Request], Any]) -> Any:
+        k = self.kernel
+        self._sync_clock()
+        if info is not None or k.tasks.get(pid) is None:
+            comm, ppid, tgid = info or host_process_info(pid)
+            task = k.task_for(pid, comm, ppid)
+            task.tgid = tgid
+            self._known.add(pid)
+        task = k.tasks.get(pid)
+        assert task is not None
+        try:
+            with k.syscall(task):
+                return fn(Request(k, task))
+        finally:
+            self._poke()
+
+    def run(self, fn: Callable[[Kernel], Any]) -> Any:
+        """Run ``fn(kernel)`` on the owner thread (for the daemon's own use)."""
+        return trio.from_thread.run_sync(fn, self.kernel, trio_token=self._token)
+
+    # -- /dev/kmsg waiters ------------------------------------------------------------
+    def _on_record(self, rec: LogRecord) -> None:
+        with self._log_cond:
+            self._log_seq = rec.seq
+            self._log_cond.notify_all()
+
+    def wait_for_log(self, timeout: float) -> bool:
+        with self._log_cond:
+            seen = self._log_seq
+            self._log_cond.wait(timeout)
+            return self._log_seq != seen
