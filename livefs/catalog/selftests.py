@@ -165,8 +165,40 @@ test_klp_syscall = ModuleDef(
     exit=_syscall_exit,
 )
 
+def _mod_target_show(call: CallContext) -> str:
+    return f"{call.func.obj}: original output\n"
+
+
+def _mod_target_init(ctx: ModuleContext) -> int:
+    ctx.pr_info("test_klp_mod_target_init")
+    ctx.kernel.proc_create_single(ctx.module, "test_klp_mod_target", ctx.function("test_klp_mod_target_show"))
+    return 0
+
+
+def _mod_target_exit(ctx: ModuleContext) -> None:
+    ctx.pr_info("test_klp_mod_target_exit")
+    ctx.kernel.remove_proc_entry("test_klp_mod_target")
+
+
+test_klp_mod_target = ModuleDef(
+    name="test_klp_mod_target",
+    description="Livepatch test: target module with proc entry",
+    functions=[Function("test_klp_mod_target_show", _mod_target_show)],
+    init=_mod_target_init,
+    exit=_mod_target_exit,
+)
+
+test_klp_mod_patch = ModuleDef(
+    name="test_klp_mod_patch",
+    description="Livepatch test: patch for module-provided function",
+    livepatch=True,
+    patch=Patch(objs=[Object("test_klp_mod_target", [
+        Func("test_klp_mod_target_show", _patched_show, new_name="livepatch_test_klp_mod_target_show")])]),
+)
+
 MODULES: list[ModuleDef] = [
     test_klp_livepatch, test_klp_atomic_replace, test_klp_callbacks_demo, test_klp_callbacks_demo2,
-    test_klp_callbacks_mod, test_klp_callbacks_busy, test_klp_syscall,
+    test_klp_callbacks_mod, test_klp_callbacks_busy, test_klp_syscall, test_klp_mod_target,
+    test_klp_mod_patch,
 ]
 

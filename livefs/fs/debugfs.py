@@ -8,6 +8,7 @@ import errno
 
 from livefs.catalog import catalog, image
 
+from .tracefs import kprobes_dir
 from .tree import Attr, Dir, Request
 
 
@@ -44,7 +45,7 @@ def _clear_store(req: Request, data: bytes) -> int:
     return 0
 
 
-def debug_dir() -> Dir:
+def debug_dir(tracing: Dir) -> Dir:
     dyndbg = Dir(entries=lambda req: [
         ("control", Attr(perm=0o644, st_size=0, show=lambda r: r.kernel.dyndbg.control_text(),
                          store=_control_store, store_max=1 << 20)),
@@ -58,4 +59,6 @@ def debug_dir() -> Dir:
         ("catalog", Attr(perm=0o444, st_size=0, show=lambda r: "".join(f"{n}\n" for n in catalog()))),
         ("release", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.version.release}\n")),
     ])
-    return Dir(perm=0o700, entries=lambda req: [("dynamic_debug", dyndbg), ("livefs", livefs)])
+    kprobes = kprobes_dir()
+    return Dir(perm=0o700, entries=lambda req: [("dynamic_debug", dyndbg), ("kprobes", kprobes),
+                                                  ("livefs", livefs), ("tracing", tracing)])

@@ -60,6 +60,9 @@ def proc_dir() -> Dir:
         yield "meminfo", Attr(st_size=0, show=lambda r: k.call(r.task, "vmlinux", "meminfo_proc_show"))
         yield "self", Symlink(target=lambda r: str(r.task.tgid))
         yield "sys", sys_dir
+        for name, (_, mode, show) in list(k.proc_entries.items()):
+            yield name, Attr(perm=mode, st_size=0,
+                             show=lambda r, f=show: r.kernel.call(r.task, f.obj, f.name))
         for task in sorted(k.tasks.tasks.values(), key=lambda t: t.pid):
             if task.pid == task.tgid:
                 yield str(task.pid), _task_dir(task)

@@ -8,16 +8,19 @@ from .debugfs import debug_dir
 from .devfs import dev_dir
 from .procfs import proc_dir
 from .sysfs import kernel_object_dirs, livepatch_dir, module_dir
+from .tracefs import tracing_dir
 from .tree import Dir, Node, Request
 
 
 def build_root() -> Dir:
     livepatch = livepatch_dir()
-    debug = debug_dir()
+    tracing = tracing_dir()
+    debug = debug_dir(tracing)
 
     def sys_kernel(req: Request) -> Iterable[tuple[str, Node]]:
         yield "debug", debug
         yield "livepatch", livepatch
+        yield "tracing", tracing
         yield from kernel_object_dirs(req)
 
     kernel = Dir(entries=sys_kernel)

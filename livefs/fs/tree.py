@@ -10,6 +10,7 @@ negative errno -- the sysfs contract.
 from __future__ import annotations
 
 import errno
+import os
 import stat
 from typing import Callable, Iterable, Protocol
 
@@ -59,6 +60,7 @@ class Attr(Node):
     store: Store | None = None
     st_size: int = SYSFS_FILE_SIZE
     store_max: int = SYSFS_STORE_MAX
+    truncate: Callable[[Request], None] | None = None  # what an O_TRUNC open does
 
     @property
     def mode(self) -> int:
@@ -68,6 +70,8 @@ class Attr(Node):
         return self.st_size
 
     def open(self, req: Request, flags: int) -> "Handle":
+        if flags & os.O_TRUNC and self.truncate is not None and (flags & 3) != os.O_RDONLY:
+            self.truncate(req)
         return SnapshotHandle(self, self._render(req) if self._reads(flags) else b"")
 
     @staticmethod

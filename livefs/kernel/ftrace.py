@@ -89,12 +89,20 @@ class Ftrace:
         return 0
 
     def dispatch(self, task: Task, func: KFunc) -> KFunc:
-        """Run the ops hooked on ``func``'s call site; return where execution goes."""
+        """Run the ops hooked on ``func``'s call site; return where execution goes.
+
+        When an IPMODIFY ops sends execution elsewhere, the new function's own
+        call site runs too (a replacement function is traceable itself)."""
         regs = Regs(func)
-        if self.enabled:
+        if not self.enabled:
+            return func
+        for ops in list(self.ops):
+            if func in ops.filter:
+                ops.func(task, func, regs)
+        if regs.ip is not func:
             for ops in list(self.ops):
-                if func in ops.filter:
-                    ops.func(task, func, regs)
+                if regs.ip in ops.filter and OpsFlag.IPMODIFY not in ops.flags:
+                    ops.func(task, regs.ip, Regs(regs.ip))
         return regs.ip
 
     def hooked(self, func: KFunc) -> list[FtraceOps]:

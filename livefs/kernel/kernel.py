@@ -21,6 +21,7 @@ from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
 from .printk import DynamicDebug, Printk
 from .symbols import VMLINUX, KFunc, SymbolTable
+from .trace import FunctionTracer
 from .tasks import KLP_PATCHED, KLP_UNPATCHED, Task, TaskKind, TaskList
 from .version import MAINLINE, KernelVersion
 
@@ -109,6 +110,9 @@ class Kernel:
         self.ftrace = Ftrace()
         self.modules = ModuleLoader(self)
         self.livepatch = Livepatch(self)
+        self.tracer = FunctionTracer(self)
+        self.kprobes_enabled = True
+        self.proc_entries: dict[str, tuple[Module | None, int, KFunc]] = {}
         self.current: Task | None = None
         self.kernel_dirs: dict[str, tuple[Module | None, dict[str, Any]]] = {}
         self._boot()
@@ -260,6 +264,17 @@ class Kernel:
         for name, (owner, _) in list(self.kernel_dirs.items()):
             if owner is mod:
                 del self.kernel_dirs[name]
+        for name, entry in list(self.proc_entries.items()):
+            if entry[0] is mod:
+                del self.proc_entries[name]
+
+    def proc_create_single(self, owner: Module | None, name: str, show: KFunc, mode: int = 0o444) -> None:
+        """A /proc/<name> file whose content is what ``show`` returns when the
+        reading task calls it (so livepatching ``show`` changes the file)."""
+        self.proc_entries[name] = (owner, mode, show)
+
+    def remove_proc_entry(self, name: str) -> None:
+        self.proc_entries.pop(name, None)
 
     def add_kernel_dir(self, owner: Module | None, name: str, attrs_: dict[str, Any]) -> None:
         """kobject_create_and_add(name, kernel_kobj) with attributes:

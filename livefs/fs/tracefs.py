@@ -1,0 +1,95 @@
+"""tracefs (/sys/kernel/tracing, also at /sys/kernel/debug/tracing) and the
+kprobes debugfs switch."""
+
+from __future__ import annotations
+
+import errno
+
+from livefs.kernel.ftrace import OpsFlag
+from livefs.kernel.params import parse_bool
+
+from .procfs import parse_dointvec
+from .tree import Attr, Dir, Request
+
+
+def _tracing_on_store(req: Request, data: bytes) -> int:
+    value = parse_dointvec(data)
+    if value is None:
+        return -errno.EINVAL
+    req.kernel.tracer.tracing_on = value != 0
+    return 0
+
+
+def _tracer_store(req: Request, data: bytes) -> int:
+    return req.kernel.tracer.set_tracer(data.decode("utf-8", "replace").strip())
+
+
+def _filter_show(req: Request) -> str:
+    funcs = req.kernel.tracer.filter
+    if not funcs:
+        return "#### all functions enabled ####\n"
+    return "".join(f"{f.name}\n" if f.obj == "vmlinux" else f"{f.name} [{f.obj}]\n" for f in funcs)
+
+
+def _filter_store(req: Request, data: bytes) -> int:
+    names = data.decode("utf-8", "replace").split()
+    if not names:
+        return 0
+    return req.kernel.tracer.set_filter(names, append=True)
+
+
+def _available(req: Request) -> str:
+    out = []
+    for obj, funcs in req.kernel.symbols.objects.items():
+        for f in funcs:
+            if f.traceable:
+                out.append(f.name if obj == "vmlinux" else f"{f.name} [{obj}]")
+    return "\n".join(out) + "\n"
+
+
+def _enabled_functions(req: Request) -> str:
+    lines = []
+    for obj, funcs in req.kernel.symbols.objects.items():
+        for f in funcs:
+            hooked = req.kernel.ftrace.hooked(f)
+            if not hooked:
+                continue
+            ipmodify = any(OpsFlag.IPMODIFY in o.flags for o in hooked)
+            name = f.name if obj == "vmlinux" else f"{f.name} [{obj}]"
+            lines.append(f"{name} ({len(hooked)})   {'I' if ipmodify else ' '} ")
+    return "".join(line + "\n" for line in lines)
+
+
+def _clear_trace(req: Request) -> None:
+    req.kernel.tracer.buffer.clear()
+
+
+def tracing_dir() -> Dir:
+    def entries(req: Request):
+        t = req.kernel.tracer
+        yield "available_filter_functions", Attr(st_size=0, show=_available)
+        yield "available_tracers", Attr(st_size=0, show=lambda r: "function nop\n")
+        yield "current_tracer", Attr(perm=0o644, st_size=0, show=lambda r: f"{t.current}\n", store=_tracer_store)
+        yield "enabled_functions", Attr(st_size=0, show=_enabled_functions)
+        yield "set_ftrace_filter", Attr(perm=0o644, st_size=0, show=_filter_show, store=_filter_store,
+                                        truncate=lambda r: t.clear_filter())
+        yield "trace", Attr(perm=0o644, st_size=0, show=lambda r: t.render(), store=lambda r, d: 0,
+                            truncate=_clear_trace)
+        yield "tracing_on", Attr(perm=0o644, st_size=0, show=lambda r: f"{int(t.tracing_on)}\n",
+                                 store=_tracing_on_store)
+    return Dir(perm=0o700, entries=entries)
+
+
+def _kprobes_store(req: Request, data: bytes) -> int:
+    value = parse_bool(data.decode("utf-8", "replace"))
+    if value is None:
+        return -errno.EINVAL
+    req.kernel.kprobes_enabled = value
+    return 0
+
+
+def kprobes_dir() -> Dir:
+    return Dir(perm=0o755, entries=lambda req: [
+        ("enabled", Attr(perm=0o600, st_size=0, show=lambda r: f"{int(r.kernel.kprobes_enabled)}\n",
+                         store=_kprobes_store)),
+    ])
