@@ -1,0 +1,113 @@
+"""Fixtures: a model kernel in virtual time, and real FUSE mounts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from livefs.catalog import find
+from livefs.kernel.kernel import Kernel
+from livefs.kernel.printk import KERN_DEBUG
+from livefs.kernel.tasks import Task
+
+REPO = Path(__file__).resolve().parents[1]
+CI = os.environ.get("CI") == "true"
+
+
+class Machine:
+    """A model kernel plus a shell-like user task that makes the syscalls."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.k = kernel
+        self.shell = kernel.task_for(5000, "bash")
+        self.mark = 0
+
+    def task(self, comm: str) -> Task:
+        return self.k.task_for(self.k.tasks.new_pid(), comm, ppid=self.shell.pid)
+
+    def insmod(self, name: str, args: str = "") -> int:
+        with self.k.syscall(self.task("insmod")):
+            return self.k.load_module(find(name), args)
+
+    def rmmod(self, name: str) -> int:
+        with self.k.syscall(self.task("rmmod")):
+            return self.k.delete_module(name)
+
+    def write(self, patch: str, attr: str, data: bytes) -> int:
+        p = self.k.livepatch.find_sysfs_patch(patch)
+        assert p is not None, f"no patch {patch}"
+        with self.k.syscall(self.shell):
+            store = {"enabled": self.k.livepatch.enabled_store, "force": self.k.livepatch.force_store}[attr]
+            return store(p, data)
+
+    def cat(self, func: str = "cmdline_proc_show", obj: str = "vmlinux", task: Task | None = None) -> str:
+        t = task or self.shell
+        with self.k.syscall(t):
+            return self.k.call(t, obj, func)
+
+    def log(self, since_mark: bool = True, debug: bool = True) -> list[str]:
+        """Log lines since the last ``mark()``, as check_result would see them
+        (module loader taint lines filtered out)."""
+        recs = [r for r in self.k.printk.records if r.seq >= (self.mark if since_mark else 0)]
+        return [r.text for r in recs if (debug or r.level != KERN_DEBUG)
+                and "taints kernel" not in r.text and "tainting kernel" not in r.text]
+
+    def set_mark(self) -> None:
+        self.mark = self.k.printk.next_seq
+
+    def patches(self) -> list[str]:
+        return [p.name for p in self.k.livepatch.sysfs_patches]
+
+
+@pytest.fixture
+def machine() -> Machine:
+    k = Kernel()
+    assert k.dyndbg.exec_queries("file kernel/livepatch/* +p\nfunc klp_try_switch_task -p") == 0
+    return Machine(k)
+
+
+def fuse_available() -> str | None:
+    """Why a FUSE mount cannot be made here, or None."""
+    if not Path("/dev/fuse").exists():
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount") is None:
+        return "fusermount is not installed (apt-get install fuse)"
+    if os.geteuid() != 0:
+        return "FUSE tests need root (allow_other and livefs run)"
+    return None
+
+
+@pytest.fixture
+def require_fuse() -> None:
+    reason = fuse_available()
+    if reason is not None:
+        if CI:
+            pytest.fail(f"FUSE tests cannot run under CI=true: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def mnt(require_fuse, tmp_path: Path):
+    """A live mount in a fresh directory, torn down afterwards."""
+    target = tmp_path / "mnt"
+    target.mkdir()
+    subprocess.run([sys.executable, "-m", "livefs", "mount", str(target)], check=True,
+                   capture_output=True, text=True)
+    try:
+        yield target
+    finally:
+        subprocess.run([sys.executable, "-m", "livefs", "umount", str(target)], capture_output=True)
+        subprocess.run(["fusermount", "-u", "-z", str(target)], capture_output=True)
+
+
+def sh(script: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env["LC_ALL"] = "C"
+    full_env.update(env or {})
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=full_env, cwd=cwd,
+                          timeout=120)
