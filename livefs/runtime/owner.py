@@ -1,9 +1,13 @@
-"""The single owner of a live model: a trio loop in its own thread.
+"""The owner of a live model: a trio loop that keeps its time, and one lock.
 
-FUSE handler threads never touch the model themselves; each request is handed
-to the trio loop (``trio.from_thread.run_sync``) and runs there, to the end, as
-a syscall of the calling process.  Between requests the loop runs the model's
-timed work (transition retries, frees) when it falls due on the real clock.
+The model has no locks of its own.  Exactly one thread at a time runs model
+code, holding :attr:`ModelOwner.lock`: a FUSE handler thread running a request
+to the end as a syscall of the calling process, or the trio loop running the
+model's timed work (transition retries, frees) when it falls due on the real
+clock.  Requests run in the FUSE thread under the lock rather than hopping
+into the trio thread: the hop (``trio.from_thread.run_sync``) costs several
+times the whole request, and the lock gives the same single-owner guarantee.
+A request that changes the next deadline pokes the trio loop so it re-plans.
 A ``scale`` above 1 runs model time faster than the wall clock.
 """
 
@@ -49,6 +53,7 @@ class ModelOwner:
         self._t0 = time.monotonic_ns()
         self._model_t0 = kernel.clock.now_ns
         self._token: trio.lowlevel.TrioToken | None = None
+        self.lock = threading.RLock()
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._log_cond = threading.Condition()
@@ -93,11 +98,12 @@ class ModelOwner:
         self._ready.set()
         last_reap = time.monotonic()
         while not self._stop.is_set():
-            self._sync_clock()
-            if time.monotonic() - last_reap >= REAP_INTERVAL_S:
-                self._reap()
-                last_reap = time.monotonic()
-            due = self.kernel.wq.next_deadline()
+            with self.lock:
+                self._sync_clock()
+                if time.monotonic() - last_reap >= REAP_INTERVAL_S:
+                    self._reap()
+                    last_reap = time.monotonic()
+                due = self.kernel.wq.next_deadline()
             wait_s = REAP_INTERVAL_S
             if due is not None:
                 wait_s = min(wait_s, max(0.0, (due - self.model_now()) / NSEC_PER_SEC / self.scale))
@@ -125,28 +131,24 @@ class ModelOwner:
 
     # -- requests ------------------------------------------------------------------
     def syscall(self, pid: int, fn: Callable[[Request], Any]) -> Any:
+        """Run ``fn`` as a syscall of host process ``pid`` (a FUSE request)."""
         info = host_process_info(pid) if pid not in self._known else None
-        return trio.from_thread.run_sync(self._syscall, pid, info, fn, trio_token=self._token)
-
-    def _syscall(self, pid: int, info: tuple[str, int, int] | None, fn: Callable[[Request], Any]) -> Any:
         k = self.kernel
-        self._sync_clock()
-        if info is not None or k.tasks.get(pid) is None:
-            comm, ppid, tgid = info or host_process_info(pid)
-            task = k.task_for(pid, comm, ppid)
-            task.tgid = tgid
-            self._known.add(pid)
-        task = k.tasks.get(pid)
-        assert task is not None
-        try:
-            with k.syscall(task):
-                return fn(Request(k, task))
-        finally:
-            self._poke()
-
-    def run(self, fn: Callable[[Kernel], Any]) -> Any:
-        """Run ``fn(kernel)`` on the owner thread (for the daemon's own use)."""
-        return trio.from_thread.run_sync(fn, self.kernel, trio_token=self._token)
+        with self.lock:
+            self._sync_clock()
+            before = k.wq.next_deadline()
+            task = k.tasks.get(pid)
+            if info is not None or task is None:
+                comm, ppid, tgid = info or host_process_info(pid)
+                task = k.task_for(pid, comm, ppid)
+                task.tgid = tgid
+                self._known.add(pid)
+            try:
+                with k.syscall(task):
+                    return fn(Request(k, task))
+            finally:
+                if k.wq.next_deadline() != before and self._token is not None:
+                    self._token.run_sync_soon(self._poke)
 
     # -- /dev/kmsg waiters ------------------------------------------------------------
     def _on_record(self, rec: LogRecord) -> None:
