@@ -46,7 +46,7 @@ def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0) -> int:
     owner.start()
     if owner.error is not None:
         raise owner.error
-    ops = LivefsOperations(build_root(), owner)
+    ops = LivefsOperations(build_root(os.path.abspath(mountpoint)), owner)
     try:
         fuse.FUSE(ops, mountpoint, foreground=True, nothreads=False, allow_other=True,
                   direct_io=True, atomic_o_trunc=True, attr_timeout=0, entry_timeout=0,

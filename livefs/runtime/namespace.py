@@ -5,7 +5,8 @@ This runs as the first process of a private mount namespace (made by
 the command and its children only; the host's mounts and files are never
 touched.  Paths that do not exist on the host cannot be bind targets, so
 ``/lib/modules/<release>/build`` is provided by an overlay whose upper layer
-is a tmpfs of this namespace.
+is a tmpfs of this namespace, and ``/proc`` is replaced as a whole by the
+mock's view of it (see livefs.fs.hostproc).
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import sys
 from pathlib import Path
 
 MS_BIND = 4096
+MS_REC = 16384
 
 # (path inside the mount, real path it is laid over)
 BINDS = [
     ("sys/kernel", "/sys/kernel"),
     ("sys/module", "/sys/module"),
-    ("proc/sys/kernel/ftrace_enabled", "/proc/sys/kernel/ftrace_enabled"),
-    ("proc/cmdline", "/proc/cmdline"),
-    ("proc/meminfo", "/proc/meminfo"),
     ("dev/kmsg", "/dev/kmsg"),
 ]
 
@@ -65,6 +64,10 @@ def main(argv: list[str]) -> int:
         mount(str(mnt / inner), real, None, MS_BIND, None)
     release = os.uname().release
     provide_directory(Path(f"/lib/modules/{release}/build"), scratch)
+    # last: the real procfs moves aside (into the mount) and the mock's /proc,
+    # which links back to it for everything it does not model, takes its place
+    mount("/proc", str(mnt / "overlay/hostproc"), None, MS_BIND | MS_REC, None)
+    mount(str(mnt / "overlay/proc"), "/proc", None, MS_BIND, None)
     env = dict(os.environ)
     env["PATH"] = shims + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     env["LIVEFS_ROOT"] = "/"

@@ -20,30 +20,13 @@ from typing import Any, Callable
 
 import trio
 
+from livefs.fs.hostproc import host_process_info
 from livefs.fs.tree import Request
 from livefs.kernel.clock import NSEC_PER_SEC
 from livefs.kernel.kernel import Kernel
 from livefs.kernel.printk import LogRecord
 
 REAP_INTERVAL_S = 1.0
-
-
-def host_process_info(pid: int) -> tuple[str, int, int]:
-    """(comm, ppid, tgid) of a host process, from /proc; blanks if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("utf-8", "replace")
-        comm = raw[raw.index("(") + 1:raw.rindex(")")]
-        ppid = int(raw[raw.rindex(")") + 2:].split()[1])
-        tgid = pid
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    tgid = int(line.split()[1])
-                    break
-        return comm, ppid, tgid
-    except (OSError, ValueError):
-        return "", 0, pid
 
 
 class ModelOwner:

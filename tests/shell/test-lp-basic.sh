@@ -9,6 +9,8 @@ begin "patched function seen through /proc/cmdline"
 before=$(cat /proc/cmdline)
 load $LP
 expect_eq "$(cat /proc/cmdline)" "$LP: this has been live patched" "/proc/cmdline"
+expect_eq "$(cat /proc/self/patch_state)" "-1" "patch_state at rest"
+expect_eq "$(cat /proc/$$/patch_state)" "-1" "patch_state of the shell"
 expect_eq "$(cat /sys/module/$LP/refcnt)" "1" "refcnt while enabled"
 disable $LP
 expect_eq "$(cat /proc/cmdline)" "$before" "/proc/cmdline after disable"
@@ -56,4 +58,23 @@ unload $LP
 disable $REPL
 unload $REPL
 expect_log "$(loaded_block $LP; loaded_block $REPL; disabled_block $REPL)"
+echo ok
+
+begin "a module's proc entry appears under /proc and follows its patch"
+insmod "$MODDIR/test_klp_mod_target.ko" || fail "insmod target"
+expect_eq "$(cat /proc/test_klp_mod_target)" "test_klp_mod_target: original output" "before"
+load test_klp_mod_patch
+expect_eq "$(cat /proc/test_klp_mod_target)" "test_klp_mod_patch: this has been live patched" "patched"
+disable test_klp_mod_patch
+unload test_klp_mod_patch
+unload test_klp_mod_target
+[[ ! -e /proc/test_klp_mod_target ]] || fail "proc entry outlived its module"
+echo ok
+
+begin "the rest of /proc is still the host's"
+diff <(echo same) <(echo same) >/dev/null || fail "process substitution through /dev/fd"
+expect_eq "$(sysctl -n kernel.ostype)" "Linux" "host sysctl"
+expect_eq "$(ps -p $$ -o pid= | tr -d " ")" "$$" "ps -p of this shell"
+[[ -r /proc/cpuinfo ]] || fail "/proc/cpuinfo"
+[[ "$(readlink /proc/self/exe)" == /* ]] || fail "/proc/self/exe"
 echo ok

@@ -1,0 +1,183 @@
+"""The /proc that ``livefs run`` lays over the real one.
+
+Inside the namespace the real procfs is bind-mounted at ``hostproc`` (a
+directory of this mount) and this view is bound over ``/proc``.  Everything the
+mock does not provide is a symlink into the real procfs, so bash, ps, sysctl
+and ``/dev/fd/N`` keep working (magic links stay magic); what the mock does
+provide -- ``patch_state`` of every process, the sysctls and files it owns,
+proc entries created by modules -- is served from the model.  The daemon reads
+the host's /proc (it lives outside the namespace) to learn which processes
+exist.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as st_mod
+from typing import Iterable
+
+from .tree import Attr, Dir, Node, Request, Symlink
+
+HOST_PROC = "/proc"
+MOCK_SYSCTLS = ("ftrace_enabled", "tainted")
+# per-process links whose target is a path, not an object: give the path itself,
+# so programs that find themselves through /proc/self/exe see a normal path
+PLAIN_LINKS = ("exe", "cwd", "root")
+
+
+def host_process_info(pid: int) -> tuple[str, int, int]:
+    """(comm, ppid, tgid) of a host process, from /proc; blanks if it is gone."""
+    try:
+        with open(f"{HOST_PROC}/{pid}/stat", "rb") as f:
+            raw = f.read().decode("utf-8", "replace")
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        ppid = int(raw[raw.rindex(")") + 2:].split()[1])
+        tgid = pid
+        with open(f"{HOST_PROC}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                    break
+        return comm, ppid, tgid
+    except (OSError, ValueError, IndexError):
+        return "", 0, pid
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _host_store(path: str):
+    def store(req: Request, data: bytes) -> int:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return -(exc.errno or 5)
+        return 0
+    return store
+
+
+def _host_show(path: str):
+    def show(req: Request) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+    return show
+
+
+def passthrough(path: str) -> Node | None:
+    """A host /proc/sys node served by value: sysctl(8) insists that what it
+    opens really lies under /proc/sys, so these cannot be symlinks."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if st_mod.S_ISDIR(st.st_mode):
+        return Dir(perm=st.st_mode & 0o7777, entries=lambda req: [
+            (n, node) for n in sorted(_listdir(path)) if (node := passthrough(f"{path}/{n}")) is not None])
+    perm = st.st_mode & 0o7777
+    return Attr(perm=perm, st_size=0, show=_host_show(path) if perm & 0o444 else None,
+                store=_host_store(path) if perm & 0o222 else None)
+
+
+def _patch_state(pid: int) -> Attr:
+    def show(req: Request) -> str:
+        k = req.kernel
+        task = k.tasks.get(pid)
+        if task is None:
+            comm, ppid, tgid = host_process_info(pid)
+            task = k.task_for(pid, comm, ppid)
+            task.tgid = tgid
+        return f"{task.patch_state}\n"
+    return Attr(perm=0o400, st_size=0, show=show)
+
+
+class HostProc:
+    def __init__(self, mock_proc: Dir, hostproc: str) -> None:
+        self.mock = mock_proc
+        self.hostproc = hostproc.rstrip("/")
+
+    def link(self, rel: str) -> Symlink:
+        target = f"{self.hostproc}/{rel}"
+        return Symlink(target=lambda req: target)
+
+    def _linked(self, rel: str, mine: dict[str, Node]) -> Iterable[tuple[str, Node]]:
+        """The host directory ``rel`` as symlinks, with ``mine`` in place of (or beside) its entries."""
+        for name in sorted(_listdir(f"{HOST_PROC}/{rel}")):
+            if name not in mine:
+                yield name, self.link(f"{rel}/{name}")
+        yield from mine.items()
+
+    @staticmethod
+    def plain_link(path: str) -> Symlink:
+        def target(req: Request) -> str:
+            try:
+                return os.readlink(path)
+            except OSError:
+                return "/"
+        return Symlink(target=target)
+
+    def _pid_dir(self, pid: int, rel: str) -> Dir:
+        def entries(req: Request) -> Iterable[tuple[str, Node]]:
+            mine: dict[str, Node] = {"patch_state": _patch_state(pid)}
+            for name in PLAIN_LINKS:
+                mine[name] = self.plain_link(f"{HOST_PROC}/{rel}/{name}")
+            if os.path.isdir(f"{HOST_PROC}/{rel}/task"):
+                mine["task"] = Dir(perm=0o555, entries=lambda r: [
+                    (tid, self._pid_dir(int(tid), f"{rel}/task/{tid}"))
+                    for tid in sorted(_listdir(f"{HOST_PROC}/{rel}/task"), key=int)])
+            return self._linked(rel, mine)
+        return Dir(perm=0o555, entries=entries)
+
+    def _sys_dir(self) -> Dir:
+        def kernel(req: Request) -> Iterable[tuple[str, Node]]:
+            mock_kernel = self.mock.lookup(req, "sys").lookup(req, "kernel")  # type: ignore[union-attr]
+            mine = {n: node for n, node in mock_kernel.listing(req) if n in MOCK_SYSCTLS}
+            for name in sorted(_listdir(f"{HOST_PROC}/sys/kernel")):
+                if name not in mine and (node := passthrough(f"{HOST_PROC}/sys/kernel/{name}")) is not None:
+                    yield name, node
+            yield from mine.items()
+
+        kernel_dir = Dir(perm=0o555, entries=kernel)
+
+        def top(req: Request) -> Iterable[tuple[str, Node]]:
+            for name in sorted(_listdir(f"{HOST_PROC}/sys")):
+                if name == "kernel":
+                    yield name, kernel_dir
+                elif (node := passthrough(f"{HOST_PROC}/sys/{name}")) is not None:
+                    yield name, node
+        return Dir(perm=0o555, entries=top)
+
+    def build(self) -> Dir:
+        sys_dir = self._sys_dir()
+
+        def entries(req: Request) -> Iterable[tuple[str, Node]]:
+            host = _listdir(HOST_PROC)
+            mock = dict(self.mock.listing(req))
+            mine: dict[str, Node] = {n: node for n, node in mock.items() if not n.isdigit() and n != "sys"}
+            mine["sys"] = sys_dir
+            for name in sorted((n for n in host if n.isdigit()), key=int):
+                mine[name] = self._pid_dir(int(name), name)
+            for name, node in mock.items():
+                if name.isdigit() and name not in mine:
+                    mine[name] = node  # a task only the model has
+            return self._top(host, mine)
+
+        def hidden(req: Request, name: str) -> Node | None:
+            if name.isdigit() and os.path.isdir(f"{HOST_PROC}/{name}"):
+                return self._pid_dir(int(name), name)  # a thread id: not listed, still there
+            return self.mock.lookup(req, name)
+
+        return Dir(perm=0o555, entries=entries, hidden=hidden)
+
+    def _top(self, host: list[str], mine: dict[str, Node]) -> Iterable[tuple[str, Node]]:
+        for name in sorted(n for n in host if not n.isdigit()):
+            if name not in mine:
+                yield name, self.link(name)
+        yield from mine.items()
