@@ -108,14 +108,34 @@ test_klp_callbacks_mod = ModuleDef(
 def _busymod_work_func(call: CallContext) -> None:
     ctx = call.module
     ctx.pr_info("busymod_work_func enter")
+    if ctx.param("block_transition"):
+        # msleep(20) in a loop until the flag drops: the worker stays in here
+        ctx.data["blocked"] = call.task
+        call.kernel.sched.block_in_call(call.task, period_ns=20_000_000,
+                                        until=lambda: not ctx.param("block_transition"),
+                                        then=lambda: _busymod_done(ctx))
+        return
+    ctx.pr_info("busymod_work_func exit")
+
+
+def _busymod_done(ctx: ModuleContext) -> None:
+    ctx.data.pop("blocked", None)
     ctx.pr_info("busymod_work_func exit")
 
 
 def _busy_init(ctx: ModuleContext) -> int:
     ctx.pr_info("test_klp_callbacks_busy_init")
-    with ctx.kernel.kworker() as worker:
-        ctx.kernel.call(worker, ctx.name, "busymod_work_func")
+    sched = ctx.kernel.sched
+    sched.run_work(sched.spawn_kworker(), ctx.name, "busymod_work_func")
     return 0
+
+
+def _busy_exit(ctx: ModuleContext) -> None:
+    ctx.set_param("block_transition", False)
+    worker = ctx.data.get("blocked")
+    if worker is not None:
+        ctx.kernel.sched.finish_blocked_call(worker)  # flush_work()
+    ctx.pr_info("test_klp_callbacks_busy_exit")
 
 
 test_klp_callbacks_busy = ModuleDef(
@@ -125,7 +145,7 @@ test_klp_callbacks_busy = ModuleDef(
     params=[Param("block_transition", "bool", False, 0o644, "block_transition (default=false)")],
     functions=[Function("busymod_work_func", _busymod_work_func)],
     init=_busy_init,
-    exit=_say("test_klp_callbacks_busy_exit"),
+    exit=_busy_exit,
 )
 
 

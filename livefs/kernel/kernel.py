@@ -21,8 +21,9 @@ from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
 from .printk import DynamicDebug, Printk
 from .symbols import VMLINUX, KFunc, SymbolTable
+from .sched import Scheduler
 from .trace import FunctionTracer
-from .tasks import KLP_PATCHED, KLP_UNPATCHED, Task, TaskKind, TaskList
+from .tasks import KLP_PATCHED, KLP_UNPATCHED, RunState, Task, TaskKind, TaskList
 from .version import MAINLINE, KernelVersion
 
 DEFAULT_CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-livefs root=/dev/vda1 ro console=ttyS0 quiet"
@@ -111,6 +112,7 @@ class Kernel:
         self.modules = ModuleLoader(self)
         self.livepatch = Livepatch(self)
         self.tracer = FunctionTracer(self)
+        self.sched = Scheduler(self)
         self.kprobes_enabled = True
         self.proc_entries: dict[str, tuple[Module | None, int, KFunc]] = {}
         self.current: Task | None = None
@@ -181,7 +183,8 @@ class Kernel:
             if comm:
                 task.comm = comm[:15]
             return task
-        task = Task(pid, (comm or f"pid{pid}")[:15], TaskKind.USER, ppid=ppid, external=True)
+        task = Task(pid, (comm or f"pid{pid}")[:15], TaskKind.USER, ppid=ppid, external=True,
+                    state=RunState.USER)
         parent = self.tasks.get(ppid) if ppid else None
         if parent is not None:
             klp_copy_process(self.livepatch, parent, task)
@@ -201,6 +204,7 @@ class Kernel:
         outer = self.current
         self.current = task
         task.in_syscall = True
+        task.state = RunState.RUNNING
         base = len(task.stack)
         task.stack.append(self.vmlinux_func(entry))
         try:
@@ -208,6 +212,7 @@ class Kernel:
         finally:
             del task.stack[base:]
             task.in_syscall = False
+            task.state = RunState.USER if not task.stack else RunState.SLEEPING
             self.current = outer
             klp_update_patch_state(self.livepatch, task)  # exit_to_user_mode
             self.run_pending()
@@ -245,13 +250,8 @@ class Kernel:
         try:
             return target.body(CallContext(self, task, target), *args)
         finally:
-            task.stack.pop()
-
-    def signal_wake(self, task: Task) -> None:
-        """klp_send_signals(): a fake signal sends a user task through its
-        exit-to-user path; a kthread is only woken."""
-        if task.kind is TaskKind.USER and not task.in_syscall:
-            klp_update_patch_state(self.livepatch, task)
+            if not self.sched.is_blocked(task):  # a blocked task stays inside
+                task.stack.pop()
 
     # -- modules ---------------------------------------------------------------------
     def load_module(self, defn: ModuleDef, args: str = "") -> int:

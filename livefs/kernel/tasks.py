@@ -26,6 +26,12 @@ class TaskKind(enum.Enum):
     IDLE = "idle"
 
 
+class RunState(enum.Enum):
+    USER = "user"          # in user space: no kernel stack
+    SLEEPING = "sleeping"  # in the kernel, off CPU, with a saved stack
+    RUNNING = "running"    # on a CPU in the kernel (only `current` may check itself)
+
+
 @attrs.define(eq=False, repr=False)
 class Task:
     pid: int
@@ -39,6 +45,10 @@ class Task:
     patch_state: int = KLP_UNDEFINED
     patch_pending: bool = False
     external: bool = False  # a real process of the host seen through the mount
+    state: RunState = RunState.SLEEPING
+    staged: bool = False  # made through the task staging controls
+    interruptible: bool = True
+    wakeups: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not self.tgid:

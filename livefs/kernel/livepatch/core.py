@@ -75,6 +75,13 @@ class Livepatch:
         if self.debug_sites[key].enabled:
             self.k.printk_task(KERN_DEBUG, f"livepatch: {msg}")
 
+    def set_cond_resched(self, on: bool) -> None:
+        """klp_cond_resched_enable()/disable(): tasks calling cond_resched()
+        try to switch themselves only while this is on."""
+        self.cond_resched_enabled = on
+        if on:
+            self.k.sched.cond_resched_armed()
+
     # -- transition work -----------------------------------------------------
     def schedule_transition_work(self, delay_ns: int) -> None:
         if self.transition_work is not None and not self.transition_work.cancelled \

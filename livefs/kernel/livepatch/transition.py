@@ -73,7 +73,7 @@ def klp_start_transition(klp: "Livepatch") -> None:
     for task in klp.k.tasks.all_with_idle():
         if task.patch_state != klp.target_state:
             task.patch_pending = True
-    klp.cond_resched_enabled = True
+    klp.set_cond_resched(True)
     klp.signals_cnt = 0
 
 
@@ -132,7 +132,23 @@ def klp_send_signals(klp: "Livepatch") -> None:
     for task in klp.k.tasks.for_each_process_thread():
         if not task.patch_pending:
             continue
-        klp.k.signal_wake(task)
+        if task.is_kthread:
+            klp.k.sched.wake_up_interruptible(task)
+        else:
+            klp.k.sched.fake_signal(task)
+
+
+def klp_check_task(klp: "Livepatch", task: Task) -> str | None:
+    """Why klp_try_switch_task() would not switch ``task`` now (None: it would).
+    Side-effect free, for status displays."""
+    if task.patch_state == klp.target_state:
+        return None
+    if task.cpu is not None and task is not klp.k.current and task.kind is not TaskKind.IDLE:
+        return "running"
+    for code, name in forbidden_functions(klp):
+        if any(frame is code for frame in task.stack):
+            return f"sleeping on function {name}"
+    return None
 
 
 def klp_try_complete_transition(klp: "Livepatch") -> bool:
@@ -151,7 +167,7 @@ def klp_try_complete_transition(klp: "Livepatch") -> bool:
         klp.signals_cnt += 1
         klp.schedule_transition_work(round_jiffies_relative_hz(klp.k.clock.now_ns))
         return False
-    klp.cond_resched_enabled = False
+    klp.set_cond_resched(False)
     klp_complete_transition(klp)
     if not patch.enabled:
         klp.free_patch_async(patch)

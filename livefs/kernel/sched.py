@@ -1,0 +1,222 @@
+"""Where tasks run, sleep, wake, fork and exit -- the scheduling points the
+consistency model depends on -- and the staging controls that put tasks there.
+
+A staged task sleeps in a named function (so a stack check finds it there),
+spins on a CPU in a kernel loop that calls ``cond_resched()`` (so only its own
+cond_resched can switch it), or sits in user space.  Fake signals reach it the
+way klp_send_signals() reaches real tasks: an interruptibly sleeping user task
+is kicked back to user space (and switches there), a kthread is only woken.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Callable
+
+import attrs
+
+from .clock import NSEC_PER_MSEC, Work
+from .livepatch.transition import klp_copy_process, klp_try_switch_task, klp_update_patch_state
+from .symbols import KFunc
+from .tasks import RunState, Task, TaskKind
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+COND_RESCHED_PERIOD_NS = 10 * NSEC_PER_MSEC
+
+
+@attrs.define(eq=False)
+class Blocked:
+    """A task that stays inside the function it called until ``until()``."""
+
+    until: Callable[[], bool]
+    then: Callable[[], None]
+    work: Work | None = None
+
+
+@attrs.define(eq=False)
+class Scheduler:
+    k: "Kernel"
+    spinning: list[Task] = attrs.field(factory=list)
+    blocked: dict[Task, Blocked] = attrs.field(factory=dict)
+    _tick_pending: bool = False
+    _kworkers: int = 0
+
+    def _base(self, kind: TaskKind) -> list[KFunc]:
+        f = self.k.vmlinux_func
+        return [f("kthread")] if kind is TaskKind.KTHREAD else [f("do_syscall_64")]
+
+    # -- staging -----------------------------------------------------------------
+    def spawn(self, kind: TaskKind, comm: str, func: KFunc | None, interruptible: bool = True) -> Task:
+        """A new task sleeping in ``func`` (or idle in user space / its kthread loop)."""
+        task = Task(self.k.tasks.new_pid(), comm[:15], kind, ppid=2 if kind is TaskKind.KTHREAD else 1,
+                    staged=True, interruptible=interruptible)
+        if self.k.livepatch.in_transition():
+            # a task created mid-transition is born switched, like its creator would be
+            task.patch_state = self.k.livepatch.target_state
+        self._sleep_in(task, func)
+        return self.k.tasks.add(task)
+
+    def _sleep_in(self, task: Task, func: KFunc | None) -> None:
+        if func is None and task.kind is TaskKind.USER:
+            task.stack, task.state = [], RunState.USER
+            return
+        task.stack = self._base(task.kind) + ([func] if func else []) + [self.k.vmlinux_func("schedule")]
+        task.state, task.cpu = RunState.SLEEPING, None
+
+    def sleep(self, task: Task, func: KFunc, interruptible: bool = True) -> int:
+        self._stop_spinning(task)
+        task.interruptible = interruptible
+        self._sleep_in(task, func)
+        return 0
+
+    def wake(self, task: Task) -> int:
+        """The task leaves the function it sleeps in: a kthread goes back to
+        its own loop, a user task returns to user space."""
+        self._stop_spinning(task)
+        if task.kind is TaskKind.USER:
+            return self.return_to_user(task)
+        self._sleep_in(task, None)
+        return 0
+
+    def return_to_user(self, task: Task) -> int:
+        if task.kind is not TaskKind.USER:
+            return -errno.EINVAL
+        self._stop_spinning(task)
+        task.stack, task.state, task.cpu = [], RunState.USER, None
+        klp_update_patch_state(self.k.livepatch, task)  # exit_to_user_mode
+        return 0
+
+    def spin(self, task: Task, func: KFunc, cpu: int = 0) -> int:
+        """CPU-bound in a kernel loop inside ``func`` that calls cond_resched()."""
+        task.stack = self._base(task.kind) + [func]
+        task.state, task.cpu = RunState.RUNNING, cpu
+        if task not in self.spinning:
+            self.spinning.append(task)
+        self.cond_resched_armed()
+        return 0
+
+    def fork(self, parent: Task, comm: str | None = None) -> Task:
+        child = Task(self.k.tasks.new_pid(), (comm or parent.comm)[:15], parent.kind, ppid=parent.pid,
+                     staged=True)
+        klp_copy_process(self.k.livepatch, parent, child)
+        self._sleep_in(child, None)
+        return self.k.tasks.add(child)
+
+    def exit(self, task: Task) -> int:
+        self._stop_spinning(task)
+        self.k.tasks.remove(task.pid)
+        return 0
+
+    def _stop_spinning(self, task: Task) -> None:
+        if task in self.spinning:
+            self.spinning.remove(task)
+            task.cpu = None
+
+    # -- kernel workers ------------------------------------------------------------
+    def spawn_kworker(self) -> Task:
+        self._kworkers += 1
+        worker = Task(self.k.tasks.new_pid(), f"kworker/u{2 * self.k.ncpus}:{self._kworkers}",
+                      TaskKind.KTHREAD, ppid=2)
+        f = self.k.vmlinux_func
+        worker.stack = [f("kthread"), f("worker_thread"), f("schedule")]
+        return self.k.tasks.add(worker)
+
+    def run_work(self, worker: Task, obj: str, name: str) -> None:
+        """The worker runs ``obj:name`` as a work item (process_one_work)."""
+        f = self.k.vmlinux_func
+        worker.stack = [f("kthread"), f("worker_thread"), f("process_one_work")]
+        worker.state, worker.cpu = RunState.RUNNING, 0
+        outer = self.k.current
+        self.k.current = worker
+        try:
+            self.k.call(worker, obj, name)
+        finally:
+            self.k.current = outer
+            if worker not in self.blocked:
+                self._idle_kworker(worker)
+
+    def _idle_kworker(self, worker: Task) -> None:
+        f = self.k.vmlinux_func
+        worker.stack = [f("kthread"), f("worker_thread"), f("schedule")]
+        worker.state, worker.cpu = RunState.SLEEPING, None
+
+    def block_in_call(self, task: Task, period_ns: int, until: Callable[[], bool],
+                      then: Callable[[], None]) -> None:
+        """Called from a function body: the task sleeps (msleep) inside the
+        function, waking every ``period_ns`` to test ``until``; when it holds the
+        function returns (``then`` runs) and the task goes idle."""
+        blocked = Blocked(until, then)
+        self.blocked[task] = blocked
+        task.stack.append(self.k.vmlinux_func("msleep"))
+        task.state, task.cpu = RunState.SLEEPING, None
+
+        def poll() -> None:
+            if self.blocked.get(task) is not blocked:
+                return
+            if until():
+                self.finish_blocked_call(task)
+            else:
+                blocked.work = self.k.wq.schedule(period_ns, "msleep", poll)
+
+        blocked.work = self.k.wq.schedule(period_ns, "msleep", poll)
+
+    def is_blocked(self, task: Task) -> bool:
+        return task in self.blocked
+
+    def finish_blocked_call(self, task: Task) -> None:
+        blocked = self.blocked.pop(task, None)
+        if blocked is None:
+            return
+        if blocked.work is not None:
+            blocked.work.cancel()
+        outer = self.k.current
+        self.k.current = task
+        try:
+            blocked.then()
+        finally:
+            self.k.current = outer
+        self._idle_kworker(task)
+
+    # -- signals --------------------------------------------------------------------
+    def wake_up_interruptible(self, task: Task) -> None:
+        """wake_up_state(TASK_INTERRUPTIBLE): it runs, finds nothing to do, and
+        goes back to sleep where it was."""
+        if task.state is RunState.SLEEPING and task.interruptible:
+            task.wakeups += 1
+
+    def fake_signal(self, task: Task) -> None:
+        """set_notify_signal(): an interruptible sleep ends (EINTR) and the task
+        passes through the exit-to-user path; a task in user space switches
+        at once."""
+        if task.external and not task.in_syscall:
+            klp_update_patch_state(self.k.livepatch, task)
+        elif task.state is RunState.USER or (task.state is RunState.SLEEPING and task.interruptible
+                                             and task.kind is TaskKind.USER and not task.external):
+            self.return_to_user(task)
+
+    # -- cond_resched ---------------------------------------------------------------
+    def cond_resched(self, task: Task) -> None:
+        """__klp_sched_try_switch(): a pending task checks its own stack."""
+        klp = self.k.livepatch
+        if not klp.cond_resched_enabled or not task.patch_pending:
+            return
+        outer = self.k.current
+        self.k.current = task
+        try:
+            klp_try_switch_task(klp, task)
+        finally:
+            self.k.current = outer
+
+    def cond_resched_armed(self) -> None:
+        if self.spinning and not self._tick_pending and self.k.livepatch.cond_resched_enabled:
+            self._tick_pending = True
+            self.k.wq.schedule(COND_RESCHED_PERIOD_NS, "cond_resched", self._tick)
+
+    def _tick(self) -> None:
+        self._tick_pending = False
+        for task in list(self.spinning):
+            self.cond_resched(task)
+        if any(t.patch_pending for t in self.spinning):
+            self.cond_resched_armed()
