@@ -60,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     _common(r)
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
+    st = sub.add_parser("status", help="patches, the transition in progress and the tasks that block it")
+    st.add_argument("--mount", dest="mount_dir", help="livefs mount to show (default: the real paths inside "
+                    "livefs run, else $LIVEFS_ROOT, else mountpoints/default)")
+    st.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    st.add_argument("--interval", type=_scale, default=0.5, help="seconds between refreshes (default 0.5)")
+
     mo = sub.add_parser("modules", help="the module catalog")
     msub = mo.add_subparsers(dest="modules_command", required=True)
     ex = msub.add_parser("export", help="write a stand-in DIR/<mod>.ko for every catalog module")
@@ -131,6 +137,37 @@ def cmd_run(args: argparse.Namespace) -> int:
                 pass
 
 
+def _status_file(mount_dir: str | None) -> Path:
+    candidates = [Path(mount_dir)] if mount_dir else [
+        Path(os.environ["LIVEFS_ROOT"])] if os.environ.get("LIVEFS_ROOT") else [
+        Path("/"), DEFAULT_MOUNTPOINTS / "default"]
+    for root in candidates:
+        path = root / "sys/kernel/debug/livefs/transition"
+        if path.exists():
+            return path
+    raise MountError(f"no livefs mount found at {', '.join(str(c) for c in candidates)}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+    path = _status_file(args.mount_dir)
+    if not args.watch:
+        sys.stdout.write(path.read_text())
+        return 0
+    try:
+        while True:
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise MountError(f"{path}: {exc.strerror}") from None
+            sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + str(path.parent.parent.parent.parent)
+                             + "\n\n" + text)
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_modules(args: argparse.Namespace) -> int:
     from livefs.catalog import catalog, image
     if args.modules_command == "list":
@@ -148,7 +185,8 @@ def cmd_modules(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handlers = {"mount": cmd_mount, "umount": cmd_umount, "run": cmd_run, "modules": cmd_modules}
+    handlers = {"mount": cmd_mount, "umount": cmd_umount, "run": cmd_run, "status": cmd_status,
+                "modules": cmd_modules}
     try:
         return handlers[args.command](args)
     except MountError as exc:

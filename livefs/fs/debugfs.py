@@ -8,6 +8,9 @@ import errno
 
 from livefs.catalog import catalog, image
 
+from livefs.kernel.livepatch.status import render_status
+
+from . import staging
 from .tracefs import kprobes_dir
 from .tree import Attr, Dir, Request
 
@@ -57,6 +60,8 @@ def debug_dir(tracing: Dir) -> Dir:
         ("kmsg_clear_seq", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.printk.clear_seq}\n",
                                 store=_clear_store)),
         ("catalog", Attr(perm=0o444, st_size=0, show=lambda r: "".join(f"{n}\n" for n in catalog()))),
+        ("tasks", Attr(perm=0o600, st_size=0, show=staging.show, store=staging.store)),
+        ("transition", Attr(perm=0o444, st_size=0, show=lambda r: render_status(r.kernel))),
         ("release", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.version.release}\n")),
     ])
     kprobes = kprobes_dir()

@@ -97,7 +97,7 @@ def _sys_getpid(call: CallContext) -> int:
 class Kernel:
     def __init__(self, version: KernelVersion = MAINLINE, ncpus: int = 2,
                  cmdline: str = DEFAULT_CMDLINE, boot_ns: int = 0,
-                 meminfo: Callable[[], str] | None = None) -> None:
+                 meminfo: Callable[[], str] | None = None, pid_base: int = 1000) -> None:
         self.version = version
         self.ncpus = ncpus
         self.cmdline = cmdline
@@ -107,7 +107,7 @@ class Kernel:
         self.printk = Printk(self.clock)
         self.dyndbg = DynamicDebug()
         self.symbols = SymbolTable()
-        self.tasks = TaskList()
+        self.tasks = TaskList(next_pid=pid_base)
         self.ftrace = Ftrace()
         self.modules = ModuleLoader(self)
         self.livepatch = Livepatch(self)

@@ -68,11 +68,12 @@ class TaskList:
 
     tasks: dict[int, Task] = attrs.field(factory=dict)
     idle: list[Task] = attrs.field(factory=list)
-    next_pid: int = 1
+    # pids the model hands out itself start here; a live mount puts this above
+    # the host's pid_max so they never meet the pids of real processes
+    next_pid: int = 1000
 
     def add(self, task: Task) -> Task:
         self.tasks[task.pid] = task
-        self.next_pid = max(self.next_pid, task.pid + 1)
         return task
 
     def new_pid(self) -> int:

@@ -34,8 +34,12 @@ def make_kernel(version: KernelVersion) -> Kernel:
     """A model machine whose clock starts at the host's uptime, so dmesg
     timestamps look like a real machine's."""
     ncpus = max(1, min(os.cpu_count() or 1, 128))
+    try:
+        pid_max = int(_host_text("/proc/sys/kernel/pid_max", "4194304"))
+    except ValueError:
+        pid_max = 4194304
     return Kernel(version=version, ncpus=ncpus, cmdline=DEFAULT_CMDLINE, boot_ns=time.monotonic_ns(),
-                  meminfo=lambda: _host_text("/proc/meminfo", ""))
+                  meminfo=lambda: _host_text("/proc/meminfo", ""), pid_base=pid_max + 1)
 
 
 def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0) -> int:
