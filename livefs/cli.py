@@ -36,11 +36,19 @@ def _scale(text: str) -> float:
     return value
 
 
+def _cpus(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError("cpus must be a whole number from 1 to 64")
+    return int(text)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel-version", type=_version, default="mainline",
                    help="kernel ABI to model: mainline (default), 6.12, 6.1, ...")
     p.add_argument("--scale", type=_scale, default=1.0,
                    help="model seconds per wall-clock second (default 1: the kernel's own cadence)")
+    p.add_argument("--cpus", type=_cpus, default=None,
+                   help="CPUs of the model machine (default: as many as the host, at most 64)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,8 +91,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         from .runtime.daemon import serve
         from .runtime.mounts import check_mountpoint
         check_mountpoint(target)
-        return serve(str(target), KernelVersion.parse(args.kernel_version), args.scale)
-    pid = start_daemon(target, args.kernel_version, args.scale)
+        return serve(str(target), KernelVersion.parse(args.kernel_version), args.scale, args.cpus)
+    pid = start_daemon(target, args.kernel_version, args.scale, args.cpus)
     print(f"livefs mounted at {target} (daemon pid {pid}); stop it with: livefs umount {target}")
     return 0
 
@@ -106,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if own:
         DEFAULT_MOUNTPOINTS.mkdir(parents=True, exist_ok=True)
         mnt = Path(tempfile.mkdtemp(prefix="run-", dir=DEFAULT_MOUNTPOINTS))
-        start_daemon(mnt, args.kernel_version, args.scale)
+        start_daemon(mnt, args.kernel_version, args.scale, args.cpus)
     else:
         mnt = Path(args.mount_dir).resolve()
         if not is_livefs(mnt):

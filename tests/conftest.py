@@ -64,11 +64,22 @@ class Machine:
         return [p.name for p in self.k.livepatch.sysfs_patches]
 
 
-@pytest.fixture
-def machine() -> Machine:
-    k = Kernel()
+def _machine(ncpus: int) -> Machine:
+    k = Kernel(ncpus=ncpus)
     assert k.dyndbg.exec_queries("file kernel/livepatch/* +p\nfunc klp_try_switch_task -p") == 0
     return Machine(k)
+
+
+@pytest.fixture
+def machine() -> Machine:
+    """One CPU, busy with the caller: an unblocked transition completes at once."""
+    return _machine(1)
+
+
+@pytest.fixture
+def smp() -> Machine:
+    """Two CPUs: the second one idles (its idle task is running) or runs a spinner."""
+    return _machine(2)
 
 
 def fuse_available() -> str | None:
@@ -96,7 +107,8 @@ def mnt(require_fuse, tmp_path: Path):
     """A live mount in a fresh directory, torn down afterwards."""
     target = tmp_path / "mnt"
     target.mkdir()
-    subprocess.run([sys.executable, "-m", "livefs", "mount", str(target)], check=True,
+    # one model CPU: an unblocked transition completes inside the triggering write
+    subprocess.run([sys.executable, "-m", "livefs", "mount", "--cpus", "1", str(target)], check=True,
                    capture_output=True, text=True)
     try:
         yield target

@@ -220,10 +220,23 @@ def test_proc_self_and_patch_state(mnt):
     assert lines[3].isdigit()
 
 
+def test_idle_cpu_delays_completion_to_the_retry(require_fuse, tmp_path, modules):
+    target = tmp_path / "smp"
+    target.mkdir()
+    assert sh(f"livefs mount --cpus 2 {target}").returncode == 0
+    try:
+        lp = f"{target}/sys/kernel/livepatch/{LP}"
+        r = sh(f"insmod {modules}/{LP}.ko && cat {lp}/transition && sleep 2.6 && cat {lp}/transition",
+               env=shim_env(target))
+        assert r.stdout == "1\n0\n", r.stderr
+    finally:
+        sh(f"livefs umount {target}")
+
+
 def test_kernel_version_612_hides_stack_order(require_fuse, tmp_path, modules):
     target = tmp_path / "m612"
     target.mkdir()
-    assert sh(f"livefs mount --kernel-version 6.12 {target}").returncode == 0
+    assert sh(f"livefs mount --cpus 1 --kernel-version 6.12 {target}").returncode == 0
     try:
         insmod(target, modules, LP)
         r = sh(f"ls {target}/sys/kernel/livepatch/{LP}; cat {target}/sys/kernel/livepatch/{LP}/stack_order")

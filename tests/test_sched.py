@@ -23,7 +23,23 @@ def test_idle_tasks_take_part_and_reset(machine):
     assert all(t.patch_state == KLP_UNDEFINED for t in k.tasks.all_with_idle())
 
 
-def test_running_task_cannot_be_checked_but_switches_in_cond_resched(machine):
+def test_idle_cpu_switches_through_its_idle_loop(smp):
+    k = smp.k
+    smp.insmod(LP)
+    lp = k.livepatch
+    # the other CPU's idle task was running: not checkable, only kicked; its
+    # idle loop then switched it, but after the synchronous attempt had failed
+    assert lp.transition_patch is not None
+    assert smp.log()[-1] == f"livepatch: '{LP}': starting patching transition"
+    assert k.tasks.idle[1].patch_state == KLP_PATCHED and not k.tasks.idle[1].patch_pending
+    assert lp.transition_patch is not None  # completion waits for the next attempt
+    k.advance(2 * NSEC_PER_SEC)
+    assert lp.transition_patch is None
+    assert smp.log()[-1] == f"livepatch: '{LP}': patching complete"
+
+
+def test_running_task_cannot_be_checked_but_switches_in_cond_resched(smp):
+    machine = smp
     k = machine.k
     spinner = k.sched.spawn(TaskKind.KTHREAD, "spinner", None)
     k.sched.spin(spinner, func(k, "process_one_work"), cpu=1)
@@ -37,7 +53,8 @@ def test_running_task_cannot_be_checked_but_switches_in_cond_resched(machine):
     assert lp.transition_patch is None and not lp.cond_resched_enabled
 
 
-def test_spinning_inside_the_patched_function_never_switches_itself(machine):
+def test_spinning_inside_the_patched_function_never_switches_itself(smp):
+    machine = smp
     k = machine.k
     spinner = k.sched.spawn(TaskKind.KTHREAD, "spinner", None)
     k.sched.spin(spinner, func(k, "cmdline_proc_show"))
@@ -49,7 +66,8 @@ def test_spinning_inside_the_patched_function_never_switches_itself(machine):
     assert k.livepatch.transition_patch is None
 
 
-def test_cond_resched_does_nothing_without_a_transition(machine):
+def test_cond_resched_does_nothing_without_a_transition(smp):
+    machine = smp
     k = machine.k
     spinner = k.sched.spawn(TaskKind.KTHREAD, "spinner", None)
     k.sched.spin(spinner, func(k, "process_one_work"))

@@ -70,10 +70,9 @@ def _command(req: Request, words: list[str]) -> None:
         if sched.return_to_user(_task(req, args[0])):
             raise StagingError(errno.EINVAL)
     elif op == "spin" and len(args) in (2, 3):
-        cpu = int(args[2]) if len(args) == 3 and args[2].isdigit() else 0
-        if len(args) == 3 and not args[2].isdigit():
+        if len(args) == 3 and not (args[2].isdigit() and int(args[2]) < req.kernel.ncpus):
             raise StagingError(errno.EINVAL)
-        sched.spin(_task(req, args[0]), _func(req, args[1]), cpu)
+        sched.spin(_task(req, args[0]), _func(req, args[1]), int(args[2]) if len(args) == 3 else None)
     elif op == "fork" and len(args) in (1, 2):
         sched.fork(_task(req, args[0]), args[1] if len(args) == 2 else None)
     elif op == "exit" and len(args) == 1:

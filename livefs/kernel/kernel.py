@@ -144,7 +144,7 @@ class Kernel:
                                     stack=[f("kthread"), f(fn), f("schedule")]))
                 pid += 1
         for cpu in range(self.ncpus):
-            self.tasks.idle.append(Task(0, f"swapper/{cpu}", TaskKind.IDLE,
+            self.tasks.idle.append(Task(0, f"swapper/{cpu}", TaskKind.IDLE, cpu=cpu, state=RunState.RUNNING,
                                         stack=[f("cpu_startup_entry"), f("do_idle")]))
 
     def vmlinux_func(self, name: str) -> KFunc:

@@ -42,6 +42,7 @@ class Scheduler:
     blocked: dict[Task, Blocked] = attrs.field(factory=dict)
     _tick_pending: bool = False
     _kworkers: int = 0
+    _idle_kicked: set[Task] = attrs.field(factory=set)
 
     def _base(self, kind: TaskKind) -> list[KFunc]:
         f = self.k.vmlinux_func
@@ -88,8 +89,12 @@ class Scheduler:
         klp_update_patch_state(self.k.livepatch, task)  # exit_to_user_mode
         return 0
 
-    def spin(self, task: Task, func: KFunc, cpu: int = 0) -> int:
+    def spin(self, task: Task, func: KFunc, cpu: int | None = None) -> int:
         """CPU-bound in a kernel loop inside ``func`` that calls cond_resched()."""
+        if cpu is None:
+            cpu = self.k.ncpus - 1
+        if not 0 <= cpu < self.k.ncpus:
+            return -errno.EINVAL
         task.stack = self._base(task.kind) + [func]
         task.state, task.cpu = RunState.RUNNING, cpu
         if task not in self.spinning:
@@ -195,6 +200,32 @@ class Scheduler:
         elif task.state is RunState.USER or (task.state is RunState.SLEEPING and task.interruptible
                                              and task.kind is TaskKind.USER and not task.external):
             self.return_to_user(task)
+
+    # -- CPUs ------------------------------------------------------------------------
+    def cpu_curr(self, cpu: int) -> Task:
+        """Who runs on ``cpu``: the task in a syscall or kernel work runs on
+        CPU 0, a spinning task on its CPU, otherwise the CPU idles."""
+        if cpu == 0 and self.k.current is not None:
+            return self.k.current
+        for task in self.spinning:
+            if task.cpu == cpu:
+                return task
+        return self.k.tasks.idle[cpu]
+
+    def task_curr(self, task: Task) -> bool:
+        return task.cpu is not None and 0 <= task.cpu < self.k.ncpus and self.cpu_curr(task.cpu) is task
+
+    def wake_up_if_idle(self, idle: Task) -> None:
+        """The idle task runs one pass of its loop, where a pending switch happens."""
+        if idle.cpu is None or self.cpu_curr(idle.cpu) is not idle or idle in self._idle_kicked:
+            return
+        self._idle_kicked.add(idle)
+
+        def idle_loop() -> None:
+            self._idle_kicked.discard(idle)
+            klp_update_patch_state(self.k.livepatch, idle)
+
+        self.k.wq.schedule(0, f"idle loop cpu{idle.cpu}", idle_loop)
 
     # -- cond_resched ---------------------------------------------------------------
     def cond_resched(self, task: Task) -> None:

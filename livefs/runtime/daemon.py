@@ -30,10 +30,10 @@ def _host_text(path: str, default: str) -> str:
         return default
 
 
-def make_kernel(version: KernelVersion) -> Kernel:
+def make_kernel(version: KernelVersion, cpus: int | None = None) -> Kernel:
     """A model machine whose clock starts at the host's uptime, so dmesg
     timestamps look like a real machine's."""
-    ncpus = max(1, min(os.cpu_count() or 1, 128))
+    ncpus = cpus or max(1, min(os.cpu_count() or 1, 64))
     try:
         pid_max = int(_host_text("/proc/sys/kernel/pid_max", "4194304"))
     except ValueError:
@@ -42,10 +42,10 @@ def make_kernel(version: KernelVersion) -> Kernel:
                   meminfo=lambda: _host_text("/proc/meminfo", ""), pid_base=pid_max + 1)
 
 
-def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0) -> int:
+def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0, cpus: int | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="livefs[%(process)d] %(levelname)s %(message)s")
-    kernel = make_kernel(version)
+    kernel = make_kernel(version, cpus)
     owner = ModelOwner(kernel, scale=scale)
     owner.start()
     if owner.error is not None:

@@ -49,7 +49,7 @@ def check_mountpoint(path: Path) -> None:
         raise MountError(f"{path}: directory is not empty")
 
 
-def start_daemon(mountpoint: Path, kernel_version: str, scale: float) -> int:
+def start_daemon(mountpoint: Path, kernel_version: str, scale: float, cpus: int | None = None) -> int:
     """Mount in a background daemon; return its pid once the mount answers."""
     if not Path("/dev/fuse").exists():
         raise MountError("/dev/fuse is missing: load the fuse module or run in a FUSE-capable machine")
@@ -59,7 +59,7 @@ def start_daemon(mountpoint: Path, kernel_version: str, scale: float) -> int:
     log = open(state / "daemon.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "livefs", "mount", "--foreground", "--kernel-version", kernel_version,
-         "--scale", str(scale), str(mountpoint)],
+         "--scale", str(scale), *(["--cpus", str(cpus)] if cpus else []), str(mountpoint)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     deadline = time.monotonic() + READY_TIMEOUT_S

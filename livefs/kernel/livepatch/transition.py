@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..clock import NSEC_PER_SEC
 from ..printk import KERN_NOTICE, KERN_WARNING
 from ..symbols import KFunc
-from ..tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, Task, TaskKind
+from ..tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, Task
 from .objects import KlpPatch
 from .patch import klp_unpatch_objects
 
@@ -113,7 +113,7 @@ def forbidden_functions(klp: "Livepatch") -> list[tuple[KFunc, str]]:
 def klp_try_switch_task(klp: "Livepatch", task: Task) -> bool:
     if task.patch_state == klp.target_state:
         return True
-    if task.cpu is not None and task is not klp.k.current and task.kind is not TaskKind.IDLE:
+    if klp.k.sched.task_curr(task) and task is not klp.k.current:
         klp.pr_debug("running", f"klp_try_switch_task: {task.comm}:{task.pid} is running")
         return False
     for code, name in forbidden_functions(klp):
@@ -143,7 +143,7 @@ def klp_check_task(klp: "Livepatch", task: Task) -> str | None:
     Side-effect free, for status displays."""
     if task.patch_state == klp.target_state:
         return None
-    if task.cpu is not None and task is not klp.k.current and task.kind is not TaskKind.IDLE:
+    if klp.k.sched.task_curr(task) and task is not klp.k.current:
         return "running"
     for code, name in forbidden_functions(klp):
         if any(frame is code for frame in task.stack):
@@ -161,6 +161,7 @@ def klp_try_complete_transition(klp: "Livepatch") -> bool:
     for idle in klp.k.tasks.idle:
         if not klp_try_switch_task(klp, idle):
             complete = False
+            klp.k.sched.wake_up_if_idle(idle)  # through the idle loop it switches
     if not complete:
         if klp.signals_cnt and klp.signals_cnt % SIGNALS_TIMEOUT == 0:
             klp_send_signals(klp)
