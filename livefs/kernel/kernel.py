@@ -19,8 +19,9 @@ from .livepatch import Livepatch
 from .livepatch.transition import klp_copy_process, klp_update_patch_state
 from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
-from .printk import DynamicDebug, Printk
+from .printk import KERN_WARNING, DynamicDebug, Printk
 from .symbols import VMLINUX, KFunc, SymbolTable
+from .livepatch.shadow import ShadowTable
 from .sched import Scheduler
 from .trace import FunctionTracer
 from .tasks import KLP_PATCHED, KLP_UNPATCHED, RunState, Task, TaskKind, TaskList
@@ -113,6 +114,8 @@ class Kernel:
         self.livepatch = Livepatch(self)
         self.tracer = FunctionTracer(self)
         self.sched = Scheduler(self)
+        self.shadow = ShadowTable(self)
+        self.console_loglevel = 7
         self.kprobes_enabled = True
         self.proc_entries: dict[str, tuple[Module | None, int, KFunc]] = {}
         self.current: Task | None = None
@@ -174,6 +177,17 @@ class Kernel:
     def printk_task(self, level: int, text: str) -> None:
         caller = f"T{self.current.pid}" if self.current is not None else "T0"
         self.printk.log(level, text, caller=caller)
+
+    def warn(self, message: str) -> None:
+        """WARN(): the message line, then the splat (not prefixed by pr_fmt)."""
+        task = self.current
+        comm, pid = (task.comm, task.pid) if task else ("swapper/0", 0)
+        self.printk_task(KERN_WARNING, message)
+        self.printk_task(KERN_WARNING, f"CPU: 0 UID: 0 PID: {pid} Comm: {comm} Tainted: G           OE K")
+        self.printk_task(KERN_WARNING, "Call Trace:")
+        for frame in reversed(task.stack if task else []):
+            where = "" if frame.obj == "vmlinux" else f" [{frame.obj}]"
+            self.printk_task(KERN_WARNING, f" {frame.name}+0x0/0x{frame.size:x}{where}")
 
     # -- tasks and syscalls ---------------------------------------------------------
     def task_for(self, pid: int, comm: str = "", ppid: int = 0) -> Task:

@@ -141,7 +141,8 @@ class Livepatch:
 
     # -- building and initialising a patch -------------------------------------
     def _build(self, mod: "Module", decl: Patch) -> KlpPatch | int:
-        patch = KlpPatch(mod=mod, replace=decl.replace, states=list(decl.states), ctx=mod.ctx)
+        patch = KlpPatch(mod=mod, replace=decl.replace, states=[attrs.evolve(s) for s in decl.states],
+                         ctx=mod.ctx)
         for odecl in decl.objs:
             obj = KlpObject(odecl.name, patch, callbacks=odecl.callbacks)
             for fdecl in odecl.funcs:
