@@ -74,12 +74,22 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="refresh until interrupted")
     st.add_argument("--interval", type=_scale, default=0.5, help="seconds between refreshes (default 0.5)")
 
+    se = sub.add_parser("selftest", help="run every test-*.sh in DIR under livefs run and report KTAP")
+    se.add_argument("dir")
+    se.add_argument("--timeout", type=float, default=300.0, help="seconds per script (default 300)")
+    se.add_argument("--no-export", action="store_true",
+                    help="do not write test_modules/ stand-ins and helpers into DIR when they are missing")
+    _common(se)
+
     mo = sub.add_parser("modules", help="the module catalog")
     msub = mo.add_subparsers(dest="modules_command", required=True)
     ex = msub.add_parser("export", help="write a stand-in DIR/<mod>.ko for every catalog module")
     ex.add_argument("dir")
     ex.add_argument("names", nargs="*", help="only these modules")
     msub.add_parser("list", help="list catalog modules")
+    hp = msub.add_parser("helpers", help="write stand-ins for the selftests' helper programs into DIR "
+                         "(test_klp-call_getpid)")
+    hp.add_argument("dir")
     return ap
 
 
@@ -176,8 +186,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from livefs.catalog import image
+    from livefs.selftest import run_selftests
+    directory = Path(args.dir).resolve()
+    if not directory.is_dir():
+        raise MountError(f"{directory}: no such directory")
+    if not args.no_export:
+        if not (directory / "test_modules").exists():
+            image.export(directory / "test_modules", os.uname().release)
+            print(f"# livefs: wrote module stand-ins to {directory / 'test_modules'}")
+        if not (directory / "test_klp-call_getpid").exists():
+            image.export_helpers(directory)
+            print(f"# livefs: wrote {directory / 'test_klp-call_getpid'}")
+    run_args = ["--kernel-version", args.kernel_version, "--scale", str(args.scale)]
+    if args.cpus:
+        run_args += ["--cpus", str(args.cpus)]
+    return run_selftests(directory, run_args, args.timeout)
+
+
 def cmd_modules(args: argparse.Namespace) -> int:
     from livefs.catalog import catalog, image
+    if args.modules_command == "helpers":
+        for path in image.export_helpers(Path(args.dir)):
+            print(path)
+        return 0
     if args.modules_command == "list":
         for name, defn in catalog().items():
             print(f"{name:<28} {'livepatch' if defn.livepatch else 'module':<9} {defn.description}")
@@ -194,6 +227,7 @@ def cmd_modules(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handlers = {"mount": cmd_mount, "umount": cmd_umount, "run": cmd_run, "status": cmd_status,
+                "selftest": cmd_selftest,
                 "modules": cmd_modules}
     try:
         return handlers[args.command](args)

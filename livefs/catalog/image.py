@@ -100,3 +100,21 @@ def export(directory: Path, release: str, names: list[str] | None = None) -> lis
         path.write_bytes(render(defn, release))
         written.append(path)
     return written
+
+
+CALL_GETPID = """#!/bin/bash
+# livefs stand-in for the selftests' test_klp-call_getpid: loop on getpid().
+# Each iteration is a real syscall into the mock (a read of its getpid file),
+# so this process switches at its own kernel exit, like the C helper.
+f=${LIVEFS_ROOT:-/}/sys/kernel/debug/livefs/getpid
+while read -r _ < "$f"; do :; done
+exit 1
+"""
+
+
+def export_helpers(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "test_klp-call_getpid"
+    path.write_text(CALL_GETPID)
+    path.chmod(0o755)
+    return [path]

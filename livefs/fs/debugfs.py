@@ -60,6 +60,8 @@ def debug_dir(tracing: Dir) -> Dir:
         ("kmsg_clear_seq", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.printk.clear_seq}\n",
                                 store=_clear_store)),
         ("catalog", Attr(perm=0o444, st_size=0, show=lambda r: "".join(f"{n}\n" for n in catalog()))),
+        ("getpid", Attr(perm=0o444, st_size=0,
+                        show=lambda r: f"{r.kernel.call(r.task, 'vmlinux', '__x64_sys_getpid')}\n")),
         ("tasks", Attr(perm=0o600, st_size=0, show=staging.show, store=staging.store)),
         ("transition", Attr(perm=0o444, st_size=0, show=lambda r: render_status(r.kernel))),
         ("release", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.version.release}\n")),

@@ -84,12 +84,11 @@ def _kprobes_store(req: Request, data: bytes) -> int:
     value = parse_bool(data.decode("utf-8", "replace"))
     if value is None:
         return -errno.EINVAL
-    req.kernel.kprobes_enabled = value
-    return 0
+    return req.kernel.kprobes.set_enabled(value)
 
 
 def kprobes_dir() -> Dir:
     return Dir(perm=0o755, entries=lambda req: [
-        ("enabled", Attr(perm=0o600, st_size=0, show=lambda r: f"{int(r.kernel.kprobes_enabled)}\n",
+        ("enabled", Attr(perm=0o600, st_size=0, show=lambda r: f"{int(r.kernel.kprobes.enabled)}\n",
                          store=_kprobes_store)),
     ])

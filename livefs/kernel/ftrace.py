@@ -53,8 +53,13 @@ class Ftrace:
     ops: list[FtraceOps] = attrs.field(factory=list)
 
     def set_filter_ip(self, ops: FtraceOps, func: KFunc) -> int:
+        """Add ``func`` to the filter; an IPMODIFY ops already registered may
+        not take a function that another IPMODIFY ops hooks."""
         if func.notrace:
             return -errno.EINVAL
+        if ops in self.ops and OpsFlag.IPMODIFY in ops.flags and any(
+                o is not ops and OpsFlag.IPMODIFY in o.flags and func in o.filter for o in self.ops):
+            return -errno.EBUSY
         ops.filter.add(func)
         return 0
 

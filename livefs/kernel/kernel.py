@@ -21,6 +21,7 @@ from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
 from .printk import KERN_WARNING, DynamicDebug, Printk
 from .symbols import VMLINUX, KFunc, SymbolTable
+from .kprobes import Kprobes
 from .livepatch.shadow import ShadowTable
 from .sched import Scheduler
 from .trace import FunctionTracer
@@ -116,7 +117,7 @@ class Kernel:
         self.sched = Scheduler(self)
         self.shadow = ShadowTable(self)
         self.console_loglevel = 7
-        self.kprobes_enabled = True
+        self.kprobes = Kprobes(self)
         self.proc_entries: dict[str, tuple[Module | None, int, KFunc]] = {}
         self.current: Task | None = None
         self.kernel_dirs: dict[str, tuple[Module | None, dict[str, Any]]] = {}
@@ -149,6 +150,21 @@ class Kernel:
         for cpu in range(self.ncpus):
             self.tasks.idle.append(Task(0, f"swapper/{cpu}", TaskKind.IDLE, cpu=cpu, state=RunState.RUNNING,
                                         stack=[f("cpu_startup_entry"), f("do_idle")]))
+
+    # data symbols /proc/kallsyms lists besides the functions (tools probe for them)
+    DATA_SYMBOLS = ("kprobe_ftrace_ops", "kprobe_ipmodify_ops", "klp_transition_work", "klp_patches")
+
+    def kallsyms(self) -> str:
+        lines = []
+        addr = 0xFFFFFFFF81000000
+        for obj, funcs in self.symbols.objects.items():
+            for f in funcs:
+                where = "" if obj == VMLINUX else f"\t[{obj}]"
+                kind = "T" if obj == VMLINUX else "t"
+                lines.append(f"{addr:016x} {kind} {f.name}{where}")
+                addr += 0x40
+        lines += [f"{0xFFFFFFFF82000000 + 0x40 * i:016x} d {name}" for i, name in enumerate(self.DATA_SYMBOLS)]
+        return "\n".join(lines) + "\n"
 
     def vmlinux_func(self, name: str) -> KFunc:
         return self.symbols.find(VMLINUX, name)[0]
