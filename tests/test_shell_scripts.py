@@ -19,6 +19,7 @@ def workdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("selftest")
     subprocess.run([sys.executable, "-m", "livefs", "modules", "export", str(d / "test_modules")],
                    check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "livefs", "modules", "helpers", str(d)], check=True, capture_output=True)
     return d
 
 

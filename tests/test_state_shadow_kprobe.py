@@ -1,0 +1,141 @@
+"""System states, shadow variables and kprobes in virtual time."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+from livefs.kernel.kprobes import Kprobe
+from livefs.kernel.livepatch.shadow import ShadowData
+
+S1, S2, S3 = "test_klp_state", "test_klp_state2", "test_klp_state3"
+
+
+def lines_of(machine, mod):
+    return [line.split(": ", 1)[1] for line in machine.log() if line.startswith(f"{mod}: ")]
+
+
+def test_state_allocated_fixed_restored_freed(machine):
+    k = machine.k
+    machine.insmod(S1)
+    assert lines_of(machine, S1) == ["pre_patch_callback: vmlinux",
+                                     "allocate_loglevel_state: allocating space to store console_loglevel",
+                                     "post_patch_callback: vmlinux",
+                                     "fix_console_loglevel: fixing console_loglevel"]
+    assert k.console_loglevel == 15
+    machine.set_mark()
+    machine.write(S1, "enabled", b"0")
+    assert k.console_loglevel == 7
+    assert lines_of(machine, S1)[-1] == "free_loglevel_state: freeing space for the stored console_loglevel"
+
+
+def test_state_taken_over_by_cumulative_patch(machine):
+    k = machine.k
+    machine.insmod(S1)
+    machine.set_mark()
+    machine.insmod(S2)
+    assert lines_of(machine, S2) == ["pre_patch_callback: vmlinux",
+                                     "allocate_loglevel_state: space to store console_loglevel already allocated",
+                                     "post_patch_callback: vmlinux",
+                                     "fix_console_loglevel: taking over the console_loglevel change"]
+    assert machine.patches() == [S2] and machine.rmmod(S1) == 0
+    machine.write(S2, "enabled", b"0")
+    assert k.console_loglevel == 7  # the saved value came along
+
+
+def test_incompatible_state_version_refused(machine):
+    machine.insmod(S2)
+    machine.set_mark()
+    assert machine.insmod(S1) == -errno.EINVAL
+    assert machine.log() == [f"livepatch: Livepatch patch ({S1}) is not compatible with the already installed "
+                             "livepatches."]
+    assert machine.patches() == [S2] and machine.k.modules.get(S1) is None
+
+
+def test_states_are_per_load(machine):
+    machine.insmod(S2)
+    machine.insmod(S3)
+    machine.rmmod(S2)
+    machine.set_mark()
+    assert machine.insmod(S2) == 0
+    assert "fix_console_loglevel: taking over the console_loglevel change" in lines_of(machine, S2)
+
+
+def test_shadow_vars_module_transcript(machine):
+    assert machine.insmod("test_klp_shadow_vars") == 0
+    out = lines_of(machine, "test_klp_shadow_vars")
+    assert out[:4] == ["klp_shadow_get(obj=PTR1, id=0x1234) = PTR0", "  got expected NULL result",
+                       "shadow_ctor: PTR3 -> PTR2",
+                       "klp_shadow_get_or_alloc(obj=PTR1, id=0x1234, size=8, gfp_flags=GFP_KERNEL), "
+                       "ctor=PTR4, ctor_data=PTR2 = PTR3"]
+    assert out[-1] == "  got expected NULL result" and len(out) == 57
+    assert "klp_shadow_free_all(id=0x1235, dtor=PTR0)" in out
+    assert not machine.k.shadow.vars
+
+
+def test_shadow_api_semantics(machine):
+    k = machine.k
+    obj, calls = object(), []
+
+    def ctor(o, data: ShadowData, arg):
+        calls.append(arg)
+        data.value = arg
+        return 0
+
+    a = k.shadow.alloc(obj, 1, 8, ctor, "x")
+    assert a is not None and a.value == "x"
+    machine.set_mark()
+    assert k.shadow.alloc(obj, 1, 8, ctor, "y") is None  # duplicate: WARN, NULL
+    assert re.fullmatch(r"Duplicate shadow variable <0{8}[0-9a-f]{8}, 1>", machine.log()[0])
+    assert k.shadow.get_or_alloc(obj, 1, 8, ctor, "z") is a and calls == ["x"]
+    assert k.shadow.alloc(obj, 2, 8, lambda o, d, arg: -12) is None
+    assert "(-12)" in machine.log()[-1] and k.shadow.get(obj, 2) is None
+    freed = []
+    k.shadow.free(obj, 1, lambda o, d: freed.append(d))
+    assert freed == [a] and k.shadow.get(obj, 1) is None
+    k.shadow.free(obj, 1)  # missing: silent
+
+
+def test_kprobe_with_post_handler_excludes_livepatch(machine):
+    assert machine.insmod("test_klp_kprobe", "has_post_handler=true") == 0
+    assert machine.insmod("test_klp_livepatch") == -errno.EBUSY
+    assert "livepatch: failed to register ftrace handler for function 'cmdline_proc_show' (-16)" in machine.log()
+    assert machine.rmmod("test_klp_kprobe") == 0
+    assert machine.insmod("test_klp_livepatch") == 0
+
+
+def test_kprobe_without_post_handler_coexists_and_livepatch_blocks_ipmodify_probe(machine):
+    k = machine.k
+    assert machine.insmod("test_klp_kprobe", "has_post_handler=false") == 0
+    assert machine.insmod("test_klp_livepatch") == 0
+    assert machine.cat().startswith("test_klp_livepatch")
+    probe = k.kprobes.probes[0]
+    assert probe.hits == 1
+    assert k.kprobes.register(Kprobe("cmdline_proc_show", post_handler=True)) == -errno.EBUSY
+
+
+def test_kprobes_global_switch_disarms(machine):
+    k = machine.k
+    machine.insmod("test_klp_kprobe")  # post handler by default
+    assert k.kprobes.set_enabled(False) == 0
+    assert machine.insmod("test_klp_livepatch") == 0  # nothing armed: no conflict
+    assert "Kprobes globally disabled" in machine.log()
+    machine.write("test_klp_livepatch", "enabled", b"0")
+    assert k.kprobes.set_enabled(True) == 0 and k.kprobes.probes[0].armed
+
+
+def test_getpid_patch_counts_listed_pids(machine):
+    k = machine.k
+    helpers = [machine.task("test_klp-call_g") for _ in range(3)]
+    pids = ",".join(str(t.pid) for t in helpers)
+    assert machine.insmod("test_klp_syscall", f"klp_pids={pids}") == 0
+    ctx = k.modules.get("test_klp_syscall").ctx
+    assert ctx.data["npids_pending"] == 3
+    for t in helpers:
+        with k.syscall(t):
+            assert k.call(t, "vmlinux", "__x64_sys_getpid") == t.tgid
+    assert ctx.data["npids_pending"] == 0
+    assert "test_klp_syscall" in k.kernel_dirs
+    machine.write("test_klp_syscall", "enabled", b"0")
+    machine.rmmod("test_klp_syscall")
+    assert "test_klp_syscall" not in k.kernel_dirs
