@@ -8,12 +8,12 @@ functions; see README.rst for a worked example.
 
 from livefs.kernel.kernel import CallContext
 from livefs.kernel.moddef import (Callbacks, Func, Function, ModuleDef, Object, Param, Patch,
-                                  State)
+                                  State, StaticKeyDef)
 from livefs.kernel.modules import ModuleContext, ModuleState
 from livefs.kernel.printk import KERN_DEBUG, KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
 
 __all__ = [
     "CallContext", "Callbacks", "Func", "Function", "ModuleDef", "Object", "Param", "Patch",
-    "State", "ModuleContext", "ModuleState", "KERN_DEBUG", "KERN_ERR", "KERN_INFO", "KERN_NOTICE",
+    "State", "StaticKeyDef", "ModuleContext", "ModuleState", "KERN_DEBUG", "KERN_ERR", "KERN_INFO", "KERN_NOTICE",
     "KERN_WARNING",
 ]

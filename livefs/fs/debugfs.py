@@ -62,6 +62,7 @@ def debug_dir(tracing: Dir) -> Dir:
         ("catalog", Attr(perm=0o444, st_size=0, show=lambda r: "".join(f"{n}\n" for n in catalog()))),
         ("getpid", Attr(perm=0o444, st_size=0,
                         show=lambda r: f"{r.kernel.call(r.task, 'vmlinux', '__x64_sys_getpid')}\n")),
+        ("static_keys", Attr(perm=0o444, st_size=0, show=lambda r: r.kernel.jump_labels.render())),
         ("tasks", Attr(perm=0o600, st_size=0, show=staging.show, store=staging.store)),
         ("transition", Attr(perm=0o444, st_size=0, show=lambda r: render_status(r.kernel))),
         ("release", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.version.release}\n")),

@@ -48,16 +48,33 @@ def _available(req: Request) -> str:
 
 
 def _enabled_functions(req: Request) -> str:
+    """One line per hooked record, in the 6.12 x86-64 shape: name, ref count,
+    flag columns R, I, D, O, M, then the trampoline and callback."""
     lines = []
+    tramp = 0xFFFFFFFFC03A0000
     for obj, funcs in req.kernel.symbols.objects.items():
         for f in funcs:
             hooked = req.kernel.ftrace.hooked(f)
             if not hooked:
                 continue
-            ipmodify = any(OpsFlag.IPMODIFY in o.flags for o in hooked)
+            regs = " R" if any(OpsFlag.SAVE_REGS in o.flags for o in hooked) else "  "
+            ipmod = " I" if any(OpsFlag.IPMODIFY in o.flags for o in hooked) else "  "
             name = f.name if obj == "vmlinux" else f"{f.name} [{obj}]"
-            lines.append(f"{name} ({len(hooked)})   {'I' if ipmodify else ' '} ")
+            line = f"{name} ({len(hooked)}){regs}{ipmod}     M "
+            if len(hooked) == 1:
+                handler = _handler_name(hooked[0])
+                line += f"\ttramp: 0x{tramp:x} ({handler}+0x0/0x100) ->{handler}+0x0/0x100"
+                tramp += 0x1000
+            else:
+                line += " ->ftrace_ops_list_func+0x0/0x200"
+            lines.append(line)
     return "".join(line + "\n" for line in lines)
+
+
+def _handler_name(ops) -> str:
+    return {"livepatch": "klp_ftrace_handler", "function": "function_trace_call",
+            "kprobe_ftrace_ops": "kprobe_ftrace_handler",
+            "kprobe_ipmodify_ops": "kprobe_ftrace_handler"}.get(ops.owner, "ftrace_stub")
 
 
 def _clear_trace(req: Request) -> None:

@@ -18,6 +18,7 @@ import attrs
 
 from .symbols import KFunc
 from .tasks import Task
+from .text import Text
 
 
 class OpsFlag(enum.Flag):
@@ -49,8 +50,20 @@ class FtraceOps:
 
 @attrs.define
 class Ftrace:
+    text: Text = attrs.field(factory=Text)
     enabled: bool = True
     ops: list[FtraceOps] = attrs.field(factory=list)
+
+    def update_call_sites(self) -> None:
+        """ftrace_replace_code(): every function's entry becomes a call when
+        some registered ops hooks it (and ftrace is on), a nop otherwise."""
+        hooked = set()
+        if self.enabled:
+            for ops in self.ops:
+                hooked |= ops.filter
+        with self.text.lock("ftrace"):
+            for func in set(self.text.call_sites) | hooked:
+                self.text.poke_call_site(func, "call" if func in hooked else "nop")
 
     def set_filter_ip(self, ops: FtraceOps, func: KFunc) -> int:
         """Add ``func`` to the filter; an IPMODIFY ops already registered may
@@ -61,7 +74,14 @@ class Ftrace:
                 o is not ops and OpsFlag.IPMODIFY in o.flags and func in o.filter for o in self.ops):
             return -errno.EBUSY
         ops.filter.add(func)
+        if ops in self.ops:
+            self.update_call_sites()
         return 0
+
+    def clear_filter_ip(self, ops: FtraceOps, func: KFunc) -> None:
+        ops.filter.discard(func)
+        if ops in self.ops:
+            self.update_call_sites()
 
     def register(self, ops: FtraceOps) -> int:
         if ops in self.ops:
@@ -74,6 +94,7 @@ class Ftrace:
                     return -errno.EBUSY
         ops.flags |= OpsFlag.ENABLED
         self.ops.append(ops)
+        self.update_call_sites()
         return 0
 
     def unregister(self, ops: FtraceOps) -> int:
@@ -81,6 +102,7 @@ class Ftrace:
             return -errno.ENODEV
         self.ops.remove(ops)
         ops.flags &= ~OpsFlag.ENABLED
+        self.update_call_sites()
         return 0
 
     def set_sysctl(self, value: int) -> int:
@@ -91,6 +113,7 @@ class Ftrace:
         if not on and any(OpsFlag.PERMANENT in o.flags for o in self.ops):
             return -errno.EBUSY
         self.enabled = on
+        self.update_call_sites()
         return 0
 
     def dispatch(self, task: Task, func: KFunc) -> KFunc:
@@ -99,7 +122,7 @@ class Ftrace:
         When an IPMODIFY ops sends execution elsewhere, the new function's own
         call site runs too (a replacement function is traceable itself)."""
         regs = Regs(func)
-        if not self.enabled:
+        if not self.enabled or self.text.call_site(func) != "call":
             return func
         for ops in list(self.ops):
             if func in ops.filter:

@@ -15,6 +15,8 @@ import attrs
 
 from .clock import NSEC_PER_SEC, Clock, WorkQueue
 from .ftrace import Ftrace
+from .jump_label import JumpLabels
+from .text import Text
 from .livepatch import Livepatch
 from .livepatch.transition import klp_copy_process, klp_update_patch_state
 from .moddef import ModuleDef
@@ -70,6 +72,11 @@ class CallContext:
         mod = self.kernel.modules.get(self.func.obj)
         return mod.ctx if mod is not None else None
 
+    def static_branch(self, key: str) -> bool:
+        """static_branch_likely/unlikely(&key) at this function's site: what
+        the text there says right now."""
+        return self.kernel.jump_labels.site_value(self.func, key)
+
 
 # Kernel functions that tasks sleep or run in; bodies matter only for the
 # ones a file or syscall reaches (/proc/cmdline, /proc/meminfo, getpid).
@@ -110,7 +117,9 @@ class Kernel:
         self.dyndbg = DynamicDebug()
         self.symbols = SymbolTable()
         self.tasks = TaskList(next_pid=pid_base)
-        self.ftrace = Ftrace()
+        self.text = Text()
+        self.ftrace = Ftrace(self.text)
+        self.jump_labels = JumpLabels(self)
         self.modules = ModuleLoader(self)
         self.livepatch = Livepatch(self)
         self.tracer = FunctionTracer(self)
@@ -131,6 +140,9 @@ class Kernel:
         self.symbols.add(KFunc("meminfo_proc_show", body=_meminfo_proc_show))
         self.symbols.add(KFunc("__x64_sys_getpid", body=_sys_getpid))
         self.symbols.add(KFunc("printk", notrace=True))
+        # v6.4+: cond_resched() tries a livepatch switch only while this key is on
+        key = self.jump_labels.define("klp_sched_try_switch_key", default=False)
+        self.jump_labels.add_site(self.vmlinux_func("cond_resched"), key)
         f = self.vmlinux_func
         init = Task(1, "systemd", TaskKind.USER)
         init.stack = [f("do_syscall_64"), f("__x64_sys_epoll_wait"), f("do_epoll_wait"), f("ep_poll"),

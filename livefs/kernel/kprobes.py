@@ -63,7 +63,7 @@ class Kprobes:
         if not ret and ops not in ftrace.ops:
             ret = ftrace.register(ops)
             if ret:
-                ops.filter.discard(kp.func)
+                ftrace.clear_filter_ip(ops, kp.func)
         if not ret:
             kp.armed = True
         return ret
@@ -76,7 +76,7 @@ class Kprobes:
             return
         ops = self._ops(kp)
         if not any(p.armed and p.func is kp.func and self._ops(p) is ops for p in self.probes):
-            ops.filter.discard(kp.func)
+            self.k.ftrace.clear_filter_ip(ops, kp.func)
         if not ops.filter:
             self.k.ftrace.unregister(ops)
 

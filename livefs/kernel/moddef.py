@@ -41,6 +41,7 @@ class Function:
     body: Callable[..., Any]
     notrace: bool = False
     size: int = 0x40
+    static_branches: list[str] = attrs.field(factory=list)  # keys its body tests
 
 
 @attrs.define
@@ -55,6 +56,7 @@ class Func:
     new_func: Callable[..., Any]
     new_name: str = ""
     old_sympos: int = 0
+    static_branches: list[str] = attrs.field(factory=list)  # keys the replacement tests
 
     def __attrs_post_init__(self) -> None:
         if not self.new_name:
@@ -62,6 +64,14 @@ class Func:
 
 
 Callback = Callable[..., Any]
+
+
+@attrs.define
+class StaticKeyDef:
+    """DEFINE_STATIC_KEY_TRUE/FALSE(name) in a module."""
+
+    name: str
+    default: bool = False
 
 
 @attrs.define
@@ -130,3 +140,4 @@ class ModuleDef:
     signed: bool = False
     size: int = 16384
     depends: list[str] = attrs.field(factory=list)
+    static_keys: list[StaticKeyDef] = attrs.field(factory=list)

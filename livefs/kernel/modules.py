@@ -80,6 +80,13 @@ class ModuleContext:
     def klp_get_prev_state(self, state_id: int):
         return self.kernel.livepatch.get_prev_state(state_id)
 
+    def static_key(self, name: str):
+        """A key by name (the module's own, vmlinux's, or another module's)."""
+        key = self.kernel.jump_labels.key(name)
+        if key is None:
+            raise LookupError(f"no static key {name}")
+        return key
+
     def function(self, name: str) -> KFunc:
         return next(f for f in self.kernel.symbols.functions(self.name) if f.name == name)
 
@@ -164,10 +171,20 @@ class ModuleLoader:
                 self.k.printk_task(KERN_ERR, f"{name}: '{value}' invalid for parameter '{pname}'")
                 del self.modules[name]
                 return -errno.EINVAL
+        uses = []
         for fdecl in defn.functions:
-            self.k.symbols.add(KFunc(fdecl.name, name, body=fdecl.body, notrace=fdecl.notrace, size=fdecl.size))
+            func = self.k.symbols.add(KFunc(fdecl.name, name, body=fdecl.body, notrace=fdecl.notrace,
+                                            size=fdecl.size))
+            uses += [(func, key) for key in fdecl.static_branches]
+        if defn.livepatch and not self._jump_labels_resolvable(defn):
+            self.modules.pop(name, None)
+            self.k.symbols.remove_object(name)
+            return -errno.ENOEXEC
         mod.state = ModuleState.COMING
         ret = self.k.livepatch.module_coming(mod)
+        if ret:
+            return self._unwind(mod, ret)
+        ret = self.k.jump_labels.module_coming(name, uses, [(d.name, d.default) for d in defn.static_keys])
         if ret:
             return self._unwind(mod, ret)
         ret = self._run_init(mod)
@@ -179,6 +196,22 @@ class ModuleLoader:
             self.k.printk_task(KERN_WARNING, "do_init_module: loading module anyway...")
         mod.state = ModuleState.LIVE
         return 0
+
+    def _jump_labels_resolvable(self, defn: ModuleDef) -> bool:
+        """A livepatch module's jump labels must use vmlinux keys or its own:
+        module-specific klp relocations are applied only after the jump label
+        code has read the module's __jump_table (kernel >= 5.8), so a key in
+        another module is never resolved; kpatch-build refuses such patches."""
+        own = {k.name for k in defn.static_keys}
+        patch = defn.patch if isinstance(defn.patch, Patch) else None
+        used = [k for f in defn.functions for k in f.static_branches]
+        if patch is not None:
+            used += [k for o in patch.objs for f in o.funcs for k in f.static_branches]
+        for name in used:
+            key = self.k.jump_labels.key(name)
+            if name not in own and (key is None or key.owner != "vmlinux"):
+                return False
+        return True
 
     def _run_init(self, mod: Module) -> int:
         defn = mod.defn
@@ -194,6 +227,7 @@ class ModuleLoader:
 
     def _unwind(self, mod: Module, ret: int) -> int:
         mod.state = ModuleState.GOING
+        self.k.jump_labels.module_going(mod.name)
         self.k.livepatch.module_going(mod)
         self._free(mod)
         return ret
@@ -214,6 +248,7 @@ class ModuleLoader:
         if mod.defn.exit is not None:
             with self.k.in_function(mod.name, "cleanup_module"):
                 mod.defn.exit(mod.ctx)
+        self.k.jump_labels.module_going(mod.name)
         self.k.livepatch.module_going(mod)
         self._free(mod)
         return 0

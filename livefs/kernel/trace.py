@@ -62,6 +62,8 @@ class FunctionTracer:
             return
         funcs = self.filter or [f for fs in self.k.symbols.objects.values() for f in fs if f.traceable]
         self.ops.filter = set(funcs)
+        if self.ops in self.k.ftrace.ops:
+            self.k.ftrace.update_call_sites()
 
     def set_filter(self, names: list[str], append: bool) -> int:
         import errno

@@ -57,7 +57,6 @@ class Livepatch:
     transition_patch: KlpPatch | None = None
     target_state: int = KLP_UNDEFINED
     signals_cnt: int = 0
-    cond_resched_enabled: bool = False
     ops: dict[KFunc, KlpOps] = attrs.field(factory=dict)
     transition_work: Work | None = None
     debug_sites: dict[str, DebugSite] = attrs.field(factory=dict)
@@ -76,11 +75,19 @@ class Livepatch:
             self.k.printk_task(KERN_DEBUG, f"livepatch: {msg}")
 
     def set_cond_resched(self, on: bool) -> None:
-        """klp_cond_resched_enable()/disable(): tasks calling cond_resched()
-        try to switch themselves only while this is on."""
-        self.cond_resched_enabled = on
+        """klp_cond_resched_enable()/disable(): the static key that lets tasks
+        calling cond_resched() try to switch themselves."""
+        key = self.k.jump_labels.key("klp_sched_try_switch_key")
+        assert key is not None
         if on:
+            self.k.jump_labels.enable(key)
             self.k.sched.cond_resched_armed()
+        else:
+            self.k.jump_labels.disable(key)
+
+    @property
+    def cond_resched_enabled(self) -> bool:
+        return self.k.jump_labels.site_value(self.k.vmlinux_func("cond_resched"), "klp_sched_try_switch_key")
 
     # -- transition work -----------------------------------------------------
     def schedule_transition_work(self, delay_ns: int) -> None:
@@ -149,6 +156,10 @@ class Livepatch:
                 if not fdecl.old_name or fdecl.new_func is None:
                     return -errno.EINVAL
                 new = self.k.symbols.add(KFunc(fdecl.new_name, mod.name, body=fdecl.new_func))
+                for key_name in fdecl.static_branches:
+                    key = self.k.jump_labels.key(key_name)
+                    if key is not None:
+                        self.k.jump_labels.add_site(new, key)
                 obj.funcs.append(KlpFunc(fdecl.old_name, fdecl.old_sympos, obj, new_func=new))
             patch.objs.append(obj)
         return patch

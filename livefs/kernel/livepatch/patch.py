@@ -67,7 +67,7 @@ def klp_patch_func(klp: "Livepatch", func: KlpFunc) -> int:
         ret = klp.k.ftrace.register(fops)
         if ret:
             klp.pr(KERN_ERR, f"failed to register ftrace handler for function '{func.old_name}' ({ret})")
-            fops.filter.discard(old)
+            klp.k.ftrace.clear_filter_ip(fops, old)
             return ret
         klp.ops[old] = ops
     ops.func_stack.insert(0, func)
