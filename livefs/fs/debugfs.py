@@ -48,6 +48,14 @@ def _clear_store(req: Request, data: bytes) -> int:
     return 0
 
 
+def _reboot_store(req: Request, data: bytes) -> int:
+    """Mock-only: after this request the mount serves a freshly booted model."""
+    if data.strip() != b"1":
+        return -errno.EINVAL
+    req.kernel.reboot_requested = True
+    return 0
+
+
 def debug_dir(tracing: Dir) -> Dir:
     dyndbg = Dir(entries=lambda req: [
         ("control", Attr(perm=0o644, st_size=0, show=lambda r: r.kernel.dyndbg.control_text(),
@@ -65,6 +73,7 @@ def debug_dir(tracing: Dir) -> Dir:
         ("static_keys", Attr(perm=0o444, st_size=0, show=lambda r: r.kernel.jump_labels.render())),
         ("tasks", Attr(perm=0o600, st_size=0, show=staging.show, store=staging.store)),
         ("transition", Attr(perm=0o444, st_size=0, show=lambda r: render_status(r.kernel))),
+        ("reboot", Attr(perm=0o200, st_size=0, store=_reboot_store)),
         ("release", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.version.release}\n")),
     ])
     kprobes = kprobes_dir()

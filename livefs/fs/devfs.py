@@ -36,6 +36,8 @@ class KmsgHandle:
 
     def read(self, req: Request, size: int, offset: int) -> bytes:
         printk = req.kernel.printk
+        if self.seq > printk.next_seq:  # the machine rebooted under this reader
+            self.seq = printk.first_seq()
         if self.seq < printk.first_seq():
             self.seq = printk.first_seq()
             raise OSError(errno.EPIPE, "record overwritten")

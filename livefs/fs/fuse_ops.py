@@ -8,12 +8,25 @@ never stalls the mount.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import logging
 import os
 import time
 from typing import Any, Callable, Protocol
 
 import fuse
+
+log = logging.getLogger("livefs")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PTHREAD_CANCEL_ENABLE, PTHREAD_CANCEL_DISABLE = 0, 1
+
+
+def _session_exited() -> bool:
+    """libfuse is shutting down (signal or unmount); valid inside a callback."""
+    ctx = fuse._libfuse.fuse_get_context()
+    return bool(fuse._libfuse.fuse_exited(ctypes.c_void_p(ctx.contents.fuse)))
 
 from .tree import Attr, Dir, Request, Stream, Symlink, nlink, resolve
 
@@ -44,10 +57,30 @@ class LivefsOperations(fuse.Operations):
         self.next_fh = 1
         self.mounted_at = time.time()
 
+    def __call__(self, op: str, *args: Any) -> Any:
+        """Every request runs with thread cancellation off: libfuse cancels its
+        worker threads when it shuts down, and a cancel that lands inside Python
+        code would wreck the interpreter; it takes effect once we are back in C."""
+        old = ctypes.c_int()
+        _libc.pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, ctypes.byref(old))
+        try:
+            return super().__call__(op, *args)
+        finally:
+            _libc.pthread_setcancelstate(old.value, None)
+
     # -- helpers --------------------------------------------------------------
     def _call(self, fn: Callable[[Request], Any]) -> Any:
         _, _, pid = fuse.fuse_get_context()
-        return self.owner.syscall(pid, fn)
+        try:
+            return self.owner.syscall(pid, fn)
+        except (OSError, BlockingIOError):
+            raise
+        except Exception as exc:  # never let model trouble take the mount down
+            code = getattr(exc, "errno", None)
+            if not isinstance(code, int):
+                log.exception("livefs: request failed")
+                code = errno.EIO
+            raise _err(code) from None
 
     def _node(self, req: Request, path: str):
         node = resolve(self.root, req, path)
@@ -129,7 +162,7 @@ class LivefsOperations(fuse.Operations):
                 raise _err(exc.errno or errno.EIO)
             # a blocking reader waits here, outside the model, for the next record
             self.owner.wait_for_log(0.25)
-            if self.owner.stopping:
+            if self.owner.stopping or _session_exited():
                 raise _err(errno.EINTR)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:

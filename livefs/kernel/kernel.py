@@ -21,7 +21,7 @@ from .livepatch import Livepatch
 from .livepatch.transition import klp_copy_process, klp_update_patch_state
 from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
-from .printk import KERN_WARNING, DynamicDebug, Printk
+from .printk import KERN_ERR, KERN_WARNING, DynamicDebug, Printk
 from .symbols import VMLINUX, KFunc, SymbolTable
 from .kprobes import Kprobes
 from .livepatch.shadow import ShadowTable
@@ -57,6 +57,12 @@ VmallocTotal:   34359738367 kB
 HugePages_Total:       0
 Hugepagesize:       2048 kB
 """
+
+
+class FunctionFault(Exception):
+    """A function body raised; the syscall that ran it fails with EFAULT."""
+
+    errno = 14
 
 
 @attrs.define
@@ -129,6 +135,7 @@ class Kernel:
         self.kprobes = Kprobes(self)
         self.proc_entries: dict[str, tuple[Module | None, int, KFunc]] = {}
         self.current: Task | None = None
+        self.reboot_requested = False  # mock-only: the runtime boots a fresh machine
         self.kernel_dirs: dict[str, tuple[Module | None, dict[str, Any]]] = {}
         self._boot()
 
@@ -178,6 +185,10 @@ class Kernel:
         lines += [f"{0xFFFFFFFF82000000 + 0x40 * i:016x} d {name}" for i, name in enumerate(self.DATA_SYMBOLS)]
         return "\n".join(lines) + "\n"
 
+    def add_vmlinux_function(self, name: str, body: Any, notrace: bool = False) -> KFunc:
+        """Declare more vmlinux code (for modelling the code a fix touches)."""
+        return self.symbols.add(KFunc(name, VMLINUX, body=body, notrace=notrace))
+
     def vmlinux_func(self, name: str) -> KFunc:
         return self.symbols.find(VMLINUX, name)[0]
 
@@ -205,6 +216,13 @@ class Kernel:
     def printk_task(self, level: int, text: str) -> None:
         caller = f"T{self.current.pid}" if self.current is not None else "T0"
         self.printk.log(level, text, caller=caller)
+
+    def module_bug(self, owner: str, where: str, exc: BaseException, ret: int) -> int:
+        """Python code of a module raised: say so in the log (a real kernel
+        would oops) and carry on with ``ret``."""
+        self.printk_task(KERN_ERR, f"livefs: {owner}: {where} raised {type(exc).__name__}: {exc}")
+        self.modules.last_error = f"{owner}: {where} raised {type(exc).__name__}: {exc}"
+        return ret
 
     def warn(self, message: str) -> None:
         """WARN(): the message line, then the splat (not prefixed by pr_fmt)."""
@@ -291,6 +309,11 @@ class Kernel:
         task.stack.append(target)
         try:
             return target.body(CallContext(self, task, target), *args)
+        except LookupError:
+            raise
+        except Exception as exc:
+            self.module_bug(target.obj, target.name, exc, 0)
+            raise FunctionFault(target.name) from exc
         finally:
             if not self.sched.is_blocked(task):  # a blocked task stays inside
                 task.stack.pop()

@@ -141,3 +141,56 @@ class ModuleDef:
     size: int = 16384
     depends: list[str] = attrs.field(factory=list)
     static_keys: list[StaticKeyDef] = attrs.field(factory=list)
+
+
+_IDENT_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+MODULE_NAME_LEN = 56  # MODULE_NAME_LEN - 1 usable characters
+KSYM_NAME_LEN = 512
+
+
+def validate(defn: ModuleDef) -> str | None:
+    """What is wrong with a definition, in one line, or None.  The loader
+    refuses a definition with a problem before anything of it exists."""
+    if not isinstance(defn, ModuleDef):
+        return f"not a ModuleDef: {type(defn).__name__}"
+    if not isinstance(defn.name, str) or not defn.name or not set(defn.name) <= _IDENT_OK:
+        return f"module name {defn.name!r} must be letters, digits and underscores"
+    if len(defn.name) >= MODULE_NAME_LEN:
+        return f"module name {defn.name!r} is longer than {MODULE_NAME_LEN - 1} characters"
+    seen = set()
+    for p in defn.params:
+        if not isinstance(p, Param) or not p.name or not set(p.name) <= _IDENT_OK:
+            return f"{defn.name}: bad parameter {p!r}"
+        if p.name in seen:
+            return f"{defn.name}: parameter {p.name} declared twice"
+        seen.add(p.name)
+        if p.type not in ("int", "uint", "bool", "charp", "int_array"):
+            return f"{defn.name}: parameter {p.name} has unknown type {p.type!r}"
+        if not isinstance(p.perm, int) or not 0 <= p.perm <= 0o777 or p.perm & 0o002:
+            return f"{defn.name}: parameter {p.name} has bad perm {p.perm!r} (world-writable is refused)"
+    for f in defn.functions:
+        if not isinstance(f, Function) or not f.name or not callable(f.body) or len(f.name) >= KSYM_NAME_LEN:
+            return f"{defn.name}: bad function {f!r}"
+    if defn.patch is not None and not defn.livepatch:
+        return f"{defn.name}: has a patch but livepatch=False (MODULE_INFO(livepatch, \"Y\") is missing)"
+    if isinstance(defn.patch, Patch):
+        return validate_patch(defn.name, defn.patch)
+    if defn.patch is not None and not callable(defn.patch):
+        return f"{defn.name}: patch must be a Patch or a function returning one"
+    return None
+
+
+def validate_patch(name: str, patch: Patch) -> str | None:
+    if not isinstance(patch, Patch) or not isinstance(patch.objs, list) or not patch.objs:
+        return f"{name}: a patch needs a non-empty list of objects"
+    for obj in patch.objs:
+        if not isinstance(obj, Object) or not isinstance(obj.funcs, list):
+            return f"{name}: bad object {obj!r}"
+        if obj.name is not None and (not obj.name or len(obj.name) >= MODULE_NAME_LEN):
+            return f"{name}: bad object name {obj.name!r}"
+        for f in obj.funcs:
+            if not isinstance(f, Func) or not f.old_name or not callable(f.new_func):
+                return f"{name}: bad function {f!r} in object {obj.name or 'vmlinux'}"
+            if len(f.old_name) >= KSYM_NAME_LEN or not isinstance(f.old_sympos, int) or f.old_sympos < 0:
+                return f"{name}: bad old_name/old_sympos in {f!r}"
+    return None

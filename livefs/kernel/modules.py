@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .moddef import ModuleDef, Patch
+from .moddef import ModuleDef, Patch, validate, validate_patch
 from .params import ParamValue, split_args
 from .printk import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
 from .symbols import KFunc
@@ -118,6 +118,7 @@ class ModuleLoader:
     k: "Kernel"
     modules: dict[str, Module] = attrs.field(factory=dict)  # insertion order = load order
     tainted: int = 0
+    last_error: str | None = None  # why the last definition was refused (not a kernel message)
     _taint_once: set[int] = attrs.field(factory=set)
 
     def get(self, name: str) -> Module | None:
@@ -142,6 +143,10 @@ class ModuleLoader:
 
     def load(self, defn: ModuleDef, args: str = "") -> int:
         """init_module(): 0, or a negative errno with nothing left behind."""
+        problem = validate(defn)
+        if problem is not None:
+            self.last_error = problem
+            return -errno.EINVAL
         name = defn.name
         if name in self.modules:
             return -errno.EEXIST
@@ -219,11 +224,18 @@ class ModuleLoader:
         if init is None and defn.patch is not None:
             def init(ctx: ModuleContext, defn: ModuleDef = defn) -> int:
                 patch = defn.patch(ctx) if callable(defn.patch) else defn.patch
+                problem = validate_patch(defn.name, patch)
+                if problem is not None:
+                    self.last_error = problem
+                    return -errno.EINVAL
                 return ctx.klp_enable_patch(patch)
         if init is None:
             return 0
         with self.k.in_function(mod.name, "init_module"):
-            return int(init(mod.ctx) or 0)
+            try:
+                return int(init(mod.ctx) or 0)
+            except Exception as exc:  # a bug in the module's Python: the load fails
+                return self.k.module_bug(mod.name, "init", exc, -errno.ENOEXEC)
 
     def _unwind(self, mod: Module, ret: int) -> int:
         mod.state = ModuleState.GOING
@@ -247,7 +259,10 @@ class ModuleLoader:
         mod.state = ModuleState.GOING
         if mod.defn.exit is not None:
             with self.k.in_function(mod.name, "cleanup_module"):
-                mod.defn.exit(mod.ctx)
+                try:
+                    mod.defn.exit(mod.ctx)
+                except Exception as exc:
+                    self.k.module_bug(mod.name, "exit", exc, 0)
         self.k.jump_labels.module_going(mod.name)
         self.k.livepatch.module_going(mod)
         self._free(mod)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Callable
 import attrs
 
 from .clock import NSEC_PER_MSEC, Work
-from .livepatch.transition import klp_copy_process, klp_try_switch_task, klp_update_patch_state
+from .livepatch.transition import (forbidden_functions, initial_state, klp_copy_process, klp_try_switch_task,
+                                   klp_update_patch_state)
 from .symbols import KFunc
 from .tasks import RunState, Task, TaskKind
 
@@ -54,10 +55,21 @@ class Scheduler:
         task = Task(self.k.tasks.new_pid(), comm[:15], kind, ppid=2 if kind is TaskKind.KTHREAD else 1,
                     staged=True, interruptible=interruptible)
         if self.k.livepatch.in_transition():
-            # a task created mid-transition is born switched, like its creator would be
+            # created mid-transition: born switched, like its creator would be
             task.patch_state = self.k.livepatch.target_state
         self._sleep_in(task, func)
+        self._consistent_with(task, func)
         return self.k.tasks.add(task)
+
+    def _consistent_with(self, task: Task, func: KFunc | None) -> None:
+        """A task staged into code that the transition in progress takes away
+        cannot have switched yet: it is put back to the initial state, pending."""
+        klp = self.k.livepatch
+        if func is None or not klp.in_transition():
+            return
+        if any(code is func for code, _ in forbidden_functions(klp)):
+            task.patch_state = initial_state(klp)
+            task.patch_pending = True
 
     def _sleep_in(self, task: Task, func: KFunc | None) -> None:
         if func is None and task.kind is TaskKind.USER:
@@ -70,6 +82,7 @@ class Scheduler:
         self._stop_spinning(task)
         task.interruptible = interruptible
         self._sleep_in(task, func)
+        self._consistent_with(task, func)
         return 0
 
     def wake(self, task: Task) -> int:
@@ -97,6 +110,7 @@ class Scheduler:
             return -errno.EINVAL
         task.stack = self._base(task.kind) + [func]
         task.state, task.cpu = RunState.RUNNING, cpu
+        self._consistent_with(task, func)
         if task not in self.spinning:
             self.spinning.append(task)
         self.cond_resched_armed()

@@ -46,7 +46,7 @@ def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0, cpus: int
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="livefs[%(process)d] %(levelname)s %(message)s")
     kernel = make_kernel(version, cpus)
-    owner = ModelOwner(kernel, scale=scale)
+    owner = ModelOwner(kernel, scale=scale, reboot=lambda: make_kernel(version, cpus))
     owner.start()
     if owner.error is not None:
         raise owner.error

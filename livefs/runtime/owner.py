@@ -30,8 +30,10 @@ REAP_INTERVAL_S = 1.0
 
 
 class ModelOwner:
-    def __init__(self, kernel: Kernel, scale: float = 1.0) -> None:
+    def __init__(self, kernel: Kernel, scale: float = 1.0,
+                 reboot: Callable[[], Kernel] | None = None) -> None:
         self.kernel = kernel
+        self._reboot = reboot
         self.scale = scale
         self._t0 = time.monotonic_ns()
         self._model_t0 = kernel.clock.now_ns
@@ -130,8 +132,18 @@ class ModelOwner:
                 with k.syscall(task):
                     return fn(Request(k, task))
             finally:
-                if k.wq.next_deadline() != before and self._token is not None:
+                if k.reboot_requested and self._reboot is not None:
+                    self._boot(self._reboot())
+                if self.kernel.wq.next_deadline() != before and self._token is not None:
                     self._token.run_sync_soon(self._poke)
+
+    def _boot(self, kernel: Kernel) -> None:
+        """Replace the model machine (a mock-only reboot, for test isolation)."""
+        kernel.printk.listeners.append(self._on_record)
+        self.kernel = kernel
+        self._known.clear()
+        with self._log_cond:
+            self._log_cond.notify_all()
 
     # -- /dev/kmsg waiters ------------------------------------------------------------
     def _on_record(self, rec: LogRecord) -> None:

@@ -60,6 +60,10 @@ class Livepatch:
     ops: dict[KFunc, KlpOps] = attrs.field(factory=dict)
     transition_work: Work | None = None
     debug_sites: dict[str, DebugSite] = attrs.field(factory=dict)
+    # called as fn(event, klp) at "complete" (every task still at its final
+    # state, before the reset to -1): for invariant checkers, not for modules
+    observers: list[Any] = attrs.field(factory=list)
+    transition_forced: bool = False
 
     def __attrs_post_init__(self) -> None:
         for key, (func, line, fmt) in tr.DEBUG_SITES.items():
@@ -105,7 +109,12 @@ class Livepatch:
 
     # -- callbacks -----------------------------------------------------------
     def _call(self, cb: Any, obj: KlpObject) -> Any:
-        return cb(obj.patch.ctx, obj) if cb is not None else 0
+        if cb is None:
+            return 0
+        try:
+            return cb(obj.patch.ctx, obj)
+        except Exception as exc:  # the module's Python is buggy: fail like -EFAULT
+            return self.k.module_bug(obj.patch.name, getattr(cb, "__name__", "callback"), exc, -errno.EFAULT)
 
     def pre_patch_callback(self, obj: KlpObject) -> int:
         ret = self._call(obj.callbacks.pre_patch, obj) or 0

@@ -59,6 +59,7 @@ def klp_init_transition(klp: "Livepatch", patch: KlpPatch, state: int) -> None:
     klp.pr_debug("init", f"'{patch.name}': initializing {_dir(state)} transition")
     klp.transition_patch = patch
     klp.target_state = state
+    klp.transition_forced = False
     initial = KLP_UNPATCHED if state == KLP_PATCHED else KLP_PATCHED
     for task in klp.k.tasks.all_with_idle():
         task.patch_state = initial
@@ -138,6 +139,10 @@ def klp_send_signals(klp: "Livepatch") -> None:
             klp.k.sched.fake_signal(task)
 
 
+def initial_state(klp: "Livepatch") -> int:
+    return KLP_UNPATCHED if klp.target_state == KLP_PATCHED else KLP_PATCHED
+
+
 def klp_check_task(klp: "Livepatch", task: Task) -> str | None:
     """Why klp_try_switch_task() would not switch ``task`` now (None: it would).
     Side-effect free, for status displays."""
@@ -182,6 +187,8 @@ def klp_complete_transition(klp: "Livepatch") -> None:
     assert patch is not None
     target = klp.target_state
     klp.pr_debug("complete", f"'{patch.name}': completing {_dir(target)} transition")
+    for observer in klp.observers:
+        observer("complete", klp)
     if patch.replace and target == KLP_PATCHED:
         klp.unpatch_replaced_patches(patch)
         klp.discard_nops(patch)
@@ -229,6 +236,7 @@ def klp_force_transition(klp: "Livepatch") -> None:
     patch = klp.transition_patch
     assert patch is not None
     klp.pr(KERN_WARNING, "forcing remaining tasks to the patched state")
+    klp.transition_forced = True
     for task in klp.k.tasks.all_with_idle():
         klp_update_patch_state(klp, task)
     if klp.target_state == KLP_UNPATCHED:

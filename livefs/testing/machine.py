@@ -1,0 +1,307 @@
+"""A hypothesis state machine over the livepatch model, in virtual time.
+
+Rules do what users and the kernel do -- load and unload patches and target
+modules, enable, disable, force and reverse, stage tasks, let time pass, send
+signals, toggle ftrace, kprobes and static keys, call patched code -- and the
+invariants are the kernel's promises.  Subclass :class:`LivepatchMachine` to
+add rules or invariants of your own; ``TestLivepatch = LivepatchMachine.TestCase``
+makes a pytest test of it.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from livefs.catalog import find
+from livefs.fs.root import build_root
+from livefs.fs.tree import Attr, Dir, Request, resolve
+from livefs.kernel.clock import NSEC_PER_MSEC
+from livefs.kernel.kernel import Kernel
+from livefs.kernel.kprobes import Kprobe
+from livefs.kernel.livepatch import transition as tr
+from livefs.kernel.tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, TaskKind
+
+from .strategies import (MODULE_TARGETS, VMLINUX_TARGETS, PatchSpec, TaskSpec, patch_specs, tag_body,
+                         target_module, task_specs)
+
+CATALOG_PATCHES = ("test_klp_livepatch", "test_klp_atomic_replace", "livepatch_sample", "test_klp_callbacks_demo",
+                   "test_klp_state", "test_klp_state2")
+LOAD_ERRORS = {0, -errno.EEXIST, -errno.EBUSY, -errno.EINVAL, -errno.ENODEV}
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+class LivepatchMachine(RuleBasedStateMachine):
+    ncpus = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        k = self.k = Kernel(ncpus=self.ncpus)
+        k.dyndbg.exec_queries("file kernel/livepatch/* +p\nfunc klp_try_switch_task -p")
+        for name in VMLINUX_TARGETS:
+            k.add_vmlinux_function(name, tag_body("vmlinux", name, "orig"))
+        self.key = k.jump_labels.define("lf_key")
+        k.jump_labels.add_site(k.vmlinux_func("lf_vm_alpha"), self.key)
+        self.shell = k.task_for(900_001, "bash")
+        self.loader = k.task_for(900_002, "insmod", ppid=self.shell.pid)
+        self.pinned: set[str] = set()
+        self.violations: list[str] = []
+        self.root = build_root()
+        self.kprobes: list[Kprobe] = []
+        k.livepatch.observers.append(self._on_transition_event)
+
+    # -- helpers -------------------------------------------------------------------
+    def _load(self, defn, args: str = "") -> int:
+        with self.k.syscall(self.loader):
+            ret = self.k.load_module(defn, args)
+        assert ret in LOAD_ERRORS, f"insmod {defn.name} {args}: unexpected {ret}"
+        return ret
+
+    def _write(self, patch, attr: str, data: bytes) -> int:
+        with self.k.syscall(self.shell):
+            store = self.k.livepatch.enabled_store if attr == "enabled" else self.k.livepatch.force_store
+            return store(patch, data)
+
+    def _staged(self):
+        return [t for t in self.k.tasks.tasks.values() if t.staged]
+
+    def _on_transition_event(self, event: str, klp) -> None:
+        """At completion every task is at the target, and unless forced none
+        sleeps in code the transition takes away."""
+        for task in klp.k.tasks.all_with_idle():
+            if task.patch_state != klp.target_state or task.patch_pending:
+                self.violations.append(f"{task!r} at {task.patch_state} (pending {task.patch_pending}) when "
+                                       f"'{klp.transition_patch.name}' completed to {klp.target_state}")
+        if klp.transition_forced:
+            return
+        taken = tr.forbidden_functions(klp)
+        for task in klp.k.tasks.all_with_idle():
+            for code, name in taken:
+                if any(frame is code for frame in task.stack):
+                    self.violations.append(f"{task!r} still in {code!r} ({name}) when "
+                                           f"'{klp.transition_patch.name}' completed")
+
+    # -- rules: modules and patches ------------------------------------------------------
+    @rule(spec=patch_specs())
+    def load_generated_patch(self, spec: PatchSpec) -> None:
+        self._load(spec.module())
+
+    @rule(name=st.sampled_from(CATALOG_PATCHES), replace=st.booleans())
+    def load_catalog_patch(self, name: str, replace: bool) -> None:
+        self._load(find(name), "replace=1" if replace and name == "test_klp_atomic_replace" else "")
+
+    @rule(name=st.sampled_from(sorted(MODULE_TARGETS)))
+    def load_target(self, name: str) -> None:
+        self._load(target_module(name))
+
+    @precondition(lambda self: self.k.modules.modules)
+    @rule(data=st.data())
+    def unload_module(self, data) -> None:
+        name = data.draw(st.sampled_from(sorted(self.k.modules.modules)))
+        mod = self.k.modules.get(name)
+        busy = mod.refcnt > 0
+        with self.k.syscall(self.loader):
+            ret = self.k.delete_module(name)
+        assert ret == (-errno.EWOULDBLOCK if busy else 0)
+
+    @precondition(lambda self: self.k.livepatch.sysfs_patches)
+    @rule(data=st.data(), value=st.sampled_from([b"0", b"1", b"n", b"y", b"2", b""]))
+    def write_enabled(self, data, value: bytes) -> None:
+        patch = data.draw(st.sampled_from(self.k.livepatch.sysfs_patches))
+        before = (patch.enabled, self.k.livepatch.transition_patch)
+        ret = self._write(patch, "enabled", value) if value else 0
+        assert ret in (0, -errno.EINVAL, -errno.EBUSY)
+        if ret:
+            assert (patch.enabled, self.k.livepatch.transition_patch) == before
+
+    @precondition(lambda self: self.k.livepatch.transition_patch is not None)
+    @rule()
+    def force(self) -> None:
+        lp = self.k.livepatch
+        patch = lp.transition_patch
+        if lp.target_state == KLP_UNPATCHED:
+            self.pinned.add(patch.name)
+        elif patch.replace:
+            self.pinned |= {p.name for p in lp.patches if p is not patch}
+        assert self._write(patch, "force", b"1") == 0
+
+    # -- rules: tasks and time -------------------------------------------------------------
+    @rule(spec=task_specs())
+    def stage_task(self, spec: TaskSpec) -> None:
+        k = self.k
+        funcs = [f for fs in k.symbols.objects.values() for f in fs if spec.func and f.name == spec.func]
+        func = funcs[0] if funcs else None
+        kind = TaskKind.KTHREAD if spec.kind == "kthread" else TaskKind.USER
+        task = k.sched.spawn(kind, f"lf-{spec.where}", func if spec.where == "sleep" else None)
+        if spec.where == "spin" and func is not None:
+            k.sched.spin(task, func)
+
+    @precondition(lambda self: any(t.staged for t in self.k.tasks.tasks.values()))
+    @rule(data=st.data(), op=st.sampled_from(["wake", "user", "fork", "exit", "signal", "into_new_code"]))
+    def task_op(self, data, op: str) -> None:
+        k = self.k
+        task = data.draw(st.sampled_from(sorted(self._staged(), key=lambda t: t.pid)))
+        if op == "wake":
+            k.sched.wake(task)
+        elif op == "user":
+            assert k.sched.return_to_user(task) == (0 if task.kind is TaskKind.USER else -errno.EINVAL)
+        elif op == "fork":
+            child = k.sched.fork(task)
+            assert (child.patch_state, child.patch_pending) == (task.patch_state, task.patch_pending)
+        elif op == "exit":
+            k.sched.exit(task)
+        elif op == "signal":
+            (k.sched.wake_up_interruptible if task.is_kthread else k.sched.fake_signal)(task)
+        else:
+            new = [f for p in k.livepatch.patches for fn in p.funcs() if (f := fn.new_func) is not None
+                   and not fn.nop]
+            if new:
+                k.sched.sleep(task, data.draw(st.sampled_from(new)))
+
+    @rule(ms=st.integers(min_value=0, max_value=4000))
+    def advance(self, ms: int) -> None:
+        self.k.advance(ms * NSEC_PER_MSEC)
+
+    # -- rules: the other text users --------------------------------------------------------
+    @rule(on=st.booleans())
+    def ftrace_enabled(self, on: bool) -> None:
+        permanent = any("PERMANENT" in repr(o.flags) for o in self.k.ftrace.ops)
+        ret = self.k.ftrace.set_sysctl(int(on))
+        assert ret == (-errno.EBUSY if not on and permanent and self.k.ftrace.enabled else 0)
+
+    @rule(func=st.sampled_from(VMLINUX_TARGETS), post=st.booleans())
+    def kprobe_register(self, func: str, post: bool) -> None:
+        kp = Kprobe(func, post_handler=post)
+        ret = self.k.kprobes.register(kp)
+        assert ret in (0, -errno.EBUSY)
+        if ret == 0:
+            self.kprobes.append(kp)
+
+    @precondition(lambda self: self.kprobes)
+    @rule(data=st.data())
+    def kprobe_unregister(self, data) -> None:
+        kp = data.draw(st.sampled_from(self.kprobes))
+        self.k.kprobes.unregister(kp)
+        self.kprobes.remove(kp)
+
+    @rule(op=st.sampled_from(["inc", "dec", "enable", "disable"]))
+    def static_key(self, op: str) -> None:
+        jl = self.k.jump_labels
+        if op == "dec" and self.key.enabled == 0:
+            return  # a negative count is a kernel bug, not a user action
+        getattr(jl, op)(self.key)
+
+    @rule()
+    def call_patched_code(self) -> None:
+        """One syscall of a user task calls every loaded target twice: within it
+        no patch may show both its old and its new code."""
+        k = self.k
+        lp = k.livepatch
+        with k.syscall(self.shell):
+            results = {}
+            for obj, funcs in k.symbols.objects.items():
+                for f in funcs:
+                    if f.name in VMLINUX_TARGETS or obj in MODULE_TARGETS:
+                        first = k.call(self.shell, obj, f.name)
+                        assert k.call(self.shell, obj, f.name) == first
+                        results[f] = first
+        patch = lp.transition_patch
+        if patch is None:
+            return
+        seen = set()
+        for func in patch.funcs():
+            ops = lp.ops.get(func.old_func) if func.old_func else None
+            if ops is None or func not in ops.func_stack or func.old_func not in results:
+                continue
+            idx = ops.func_stack.index(func)
+            below = ops.func_stack[idx + 1] if idx + 1 < len(ops.func_stack) else None
+            new = _version(func)
+            old = _version(below) if below is not None else "orig"
+            got = results[func.old_func].rsplit(":", 1)[1]
+            if new != old and got in (new, old):
+                seen.add("new" if got == new else "old")
+        assert len(seen) <= 1, f"{self.shell!r} ran old and new code of '{patch.name}' in one syscall"
+
+    # -- invariants ------------------------------------------------------------------------------
+    @invariant()
+    def no_violation_at_completion(self) -> None:
+        assert not self.violations, self.violations[0]
+
+    @invariant()
+    def at_most_one_transition(self) -> None:
+        lp = self.k.livepatch
+        assert (lp.transition_patch is None) == (lp.target_state == KLP_UNDEFINED)
+        if lp.transition_patch is not None:
+            assert lp.transition_patch in lp.patches
+
+    @invariant()
+    def patch_state_follows_transition(self) -> None:
+        lp = self.k.livepatch
+        for task in self.k.tasks.all_with_idle():
+            if lp.transition_patch is None:
+                assert task.patch_state == KLP_UNDEFINED and not task.patch_pending, repr(task)
+            else:
+                assert task.patch_state in (KLP_UNPATCHED, KLP_PATCHED), repr(task)
+                if task.patch_pending:
+                    assert task.patch_state != lp.target_state, repr(task)
+
+    @invariant()
+    def func_stacks_newest_first(self) -> None:
+        lp = self.k.livepatch
+        for ops in lp.ops.values():
+            assert ops.func_stack, "an empty ops stays registered"
+            order = [lp.patches.index(f.obj.patch) for f in ops.func_stack]
+            assert order == sorted(order, reverse=True) and len(set(order)) == len(order)
+            assert all(f.patched for f in ops.func_stack)
+
+    @invariant()
+    def ftrace_ops_exactly_for_patched_functions(self) -> None:
+        lp, ft = self.k.livepatch, self.k.ftrace
+        patched = {f.old_func for p in lp.patches for o in p.objs if o.patched for f in o.funcs if f.patched}
+        assert set(lp.ops) == patched
+        for func, ops in lp.ops.items():
+            assert ops.fops in ft.ops and ops.fops.filter == {func}
+            assert self.k.text.call_site(func) == ("call" if ft.enabled else "nop")
+
+    @invariant()
+    def sysfs_tree_equals_model(self) -> None:
+        lp = self.k.livepatch
+        req = Request(self.k, self.shell)
+        top = resolve(self.root, req, "sys/kernel/livepatch")
+        assert isinstance(top, Dir)
+        assert [n for n, _ in top.listing(req)] == [p.name for p in lp.sysfs_patches]
+        for p in lp.sysfs_patches:
+            for attr, value in (("enabled", p.enabled), ("transition", p is lp.transition_patch),
+                                ("replace", p.replace)):
+                node = resolve(self.root, req, f"sys/kernel/livepatch/{p.name}/{attr}")
+                assert isinstance(node, Attr) and node.show(req) == f"{int(value)}\n"
+            for o in p.objs:
+                node = resolve(self.root, req, f"sys/kernel/livepatch/{p.name}/{o.sysfs_name}/patched")
+                assert isinstance(node, Attr) and node.show(req) == f"{int(o.patched)}\n"
+
+    @invariant()
+    def refcnt_rules(self) -> None:
+        lp = self.k.livepatch
+        holders = {p.mod.name for p in lp.sysfs_patches}
+        for mod in self.k.modules.modules.values():
+            if mod.defn.livepatch:
+                expected = 1 if mod.name in holders or mod.name in self.pinned else 0
+                assert mod.refcnt == expected, f"{mod.name}: refcnt {mod.refcnt}, expected {expected}"
+            else:
+                assert mod.refcnt == 0
+
+    @invariant()
+    def log_in_order(self) -> None:
+        recs = list(self.k.printk.records)
+        for a, b in zip(recs, recs[1:]):
+            assert b.seq == a.seq + 1 and b.ts_ns >= a.ts_ns
+
+
+def _version(func) -> str:
+    """The version tag a generated function reports for this func_stack entry."""
+    return "orig" if func.nop or func.new_func is None else func.obj.patch.name
