@@ -13,6 +13,8 @@ command -v fusermount >/dev/null || need+=(fuse)
 { ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2'; } || need+=(libfuse2)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v sysctl >/dev/null || need+=(procps)
+command -v readelf >/dev/null || need+=(binutils)
+{ command -v modinfo || [[ -x /usr/sbin/modinfo ]] || [[ -x /sbin/modinfo ]]; } >/dev/null || need+=(kmod)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then

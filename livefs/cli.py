@@ -87,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("dir")
     ex.add_argument("names", nargs="*", help="only these modules")
     msub.add_parser("list", help="list catalog modules")
+    bd = msub.add_parser("build", help="build a .ko stand-in from a Python file that declares a module")
+    bd.add_argument("file")
+    bd.add_argument("-o", "--output", help="where to write the .ko (default: <module name>.ko beside FILE)")
+    bd.add_argument("--name", help="which module, when FILE declares several")
     hp = msub.add_parser("helpers", help="write stand-ins for the selftests' helper programs into DIR "
                          "(test_klp-call_getpid)")
     hp.add_argument("dir")
@@ -207,6 +211,15 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 def cmd_modules(args: argparse.Namespace) -> int:
     from livefs.catalog import catalog, image
+    if args.modules_command == "build":
+        try:
+            defn, data = image.build_from_source(Path(args.file), os.uname().release, args.name)
+        except image.BuildError as exc:
+            raise MountError(str(exc)) from None
+        out = Path(args.output) if args.output else Path(args.file).with_name(f"{defn.name}.ko")
+        out.write_bytes(data)
+        print(out)
+        return 0
     if args.modules_command == "helpers":
         for path in image.export_helpers(Path(args.dir)):
             print(path)

@@ -1,9 +1,10 @@
-"""Module stand-ins (``.ko`` files) and how the loader reads them.
+"""Module stand-ins (``.ko`` files): writing them, and what the loader makes
+of them.
 
-A stand-in carries a module's name, the catalog entry it stands for and its
-modinfo fields.  ``livefs modules export`` writes them; the ``insmod`` shim
-hands the bytes to the mock, which parses them here, as the kernel parses an
-ELF image in init_module().
+A stand-in is an ELF object (:mod:`livefs.modimage`).  Its ``.livefs`` section
+names a catalog module, or carries the Python source of a user's module
+definition; init_module() in the mock turns either back into a
+:class:`ModuleDef`, as the kernel turns an ELF image into a module.
 """
 
 from __future__ import annotations
@@ -11,21 +12,16 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-import attrs
+from livefs import modimage
+from livefs.kernel.moddef import ModuleDef, validate
 
-from livefs.kernel.moddef import ModuleDef
+from . import catalog, find
 
-from . import find
-
-MAGIC = "livefs-module 1"
 _PARMTYPE = {"int": "int", "uint": "uint", "bool": "bool", "charp": "charp", "int_array": "array of int"}
 
 
-@attrs.define
-class Image:
-    name: str
-    catalog: str
-    modinfo: list[tuple[str, str]]
+class BuildError(Exception):
+    """A module file that cannot become a stand-in; the message is one line."""
 
 
 def modinfo_fields(defn: ModuleDef, release: str) -> list[tuple[str, str]]:
@@ -41,63 +37,88 @@ def modinfo_fields(defn: ModuleDef, release: str) -> list[tuple[str, str]]:
         fields.append(("parm", f"{p.name}:{p.description}"))
         fields.append(("parmtype", f"{p.name}:{_PARMTYPE[p.type]}"))
     fields.append(("depends", ",".join(defn.depends)))
-    fields.append(("retpoline", "Y"))
     fields.append(("name", defn.name))
+    fields.append(("retpoline", "Y"))
     fields.append(("vermagic", f"{release} SMP preempt mod_unload modversions "))
     return fields
 
 
-def render(defn: ModuleDef, release: str) -> bytes:
-    lines = [MAGIC, f"name={defn.name}", f"catalog={defn.name}"]
-    lines += [f"modinfo.{k}={v}" for k, v in modinfo_fields(defn, release)]
-    return ("\n".join(lines) + "\n").encode()
+def render_catalog(defn: ModuleDef, release: str) -> bytes:
+    return modimage.build(defn.name, modinfo_fields(defn, release),
+                          modimage.make_payload({"catalog": defn.name}))
 
 
-def parse(data: bytes) -> Image | None:
+def load_source(source: str, filename: str) -> dict[str, ModuleDef]:
+    """Run a module file and collect the ModuleDefs it defines, by name."""
+    namespace: dict = {"__name__": f"livefs_module_file", "__file__": filename}
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    lines = text.split("\n")
-    if not lines or lines[0] != MAGIC:
-        return None
-    values: dict[str, str] = {}
-    modinfo: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        key, eq, value = line.partition("=")
-        if not eq:
-            return None
-        if key.startswith("modinfo."):
-            modinfo.append((key[len("modinfo."):], value))
-        else:
-            values[key] = value
-    if "name" not in values or "catalog" not in values:
-        return None
-    return Image(values["name"], values["catalog"], modinfo)
+        exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - module code runs like insmod'ed code
+    except Exception as exc:
+        raise BuildError(f"{filename}: {type(exc).__name__}: {exc}") from None
+    found = {}
+    for value in namespace.values():
+        if isinstance(value, ModuleDef):
+            found[value.name] = value
+    return found
 
 
-def resolve(data: bytes) -> tuple[ModuleDef | None, int]:
-    """The definition an image stands for, or (None, -errno) as init_module fails."""
-    image = parse(data)
-    if image is None:
-        return None, -errno.ENOEXEC
-    defn = find(image.catalog)
-    if defn is None or defn.name != image.name:
-        return None, -errno.ENOEXEC
-    return defn, 0
+def pick(defs: dict[str, ModuleDef], filename: str, name: str | None) -> ModuleDef:
+    if name is not None:
+        if name not in defs:
+            raise BuildError(f"{filename}: no module named {name!r} (it defines: {', '.join(sorted(defs)) or 'none'})")
+        return defs[name]
+    if len(defs) != 1:
+        raise BuildError(f"{filename}: defines {len(defs)} modules ({', '.join(sorted(defs)) or 'none'}); "
+                         "choose one with --name")
+    return next(iter(defs.values()))
+
+
+def build_from_source(path: Path, release: str, name: str | None = None) -> tuple[ModuleDef, bytes]:
+    try:
+        source = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    defn = pick(load_source(source, path.name), path.name, name)
+    problem = validate(defn)
+    if problem is not None:
+        raise BuildError(f"{path.name}: {problem}")
+    payload = modimage.make_payload({"source": "python", "file": path.name, "module": defn.name},
+                                    source.encode())
+    return defn, modimage.build(defn.name, modinfo_fields(defn, release), payload)
+
+
+def resolve(data: bytes) -> tuple[ModuleDef | None, int, str | None]:
+    """init_module(): the definition an image stands for, or (None, -errno, why)."""
+    try:
+        fields, body = modimage.payload(data)
+        name = dict(modimage.modinfo(data)).get("name")
+    except modimage.ImageError as exc:
+        return None, -errno.ENOEXEC, str(exc)
+    if "catalog" in fields:
+        defn = find(fields["catalog"])
+        if defn is None or defn.name != name:
+            return None, -errno.ENOEXEC, f"unknown catalog module {fields['catalog']!r}"
+        return defn, 0, None
+    if fields.get("source") == "python":
+        try:
+            defs = load_source(body.decode("utf-8"), fields.get("file", "module.py"))
+            defn = pick(defs, fields.get("file", "module.py"), fields.get("module"))
+        except (BuildError, UnicodeDecodeError) as exc:
+            return None, -errno.ENOEXEC, str(exc)
+        if defn.name != name:
+            return None, -errno.ENOEXEC, f".modinfo names {name!r} but the source defines {defn.name!r}"
+        return defn, 0, None
+    return None, -errno.ENOEXEC, "the .livefs section carries nothing loadable"
 
 
 def export(directory: Path, release: str, names: list[str] | None = None) -> list[Path]:
-    from . import catalog
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, defn in catalog().items():
         if names and name not in names:
             continue
         path = directory / f"{name}.ko"
-        path.write_bytes(render(defn, release))
+        path.write_bytes(render_catalog(defn, release))
         written.append(path)
     return written
 

@@ -20,18 +20,25 @@ def _control_store(req: Request, data: bytes) -> int:
 
 
 def _init_module(req: Request, data: bytes) -> int:
-    """``<args>\\0<image>``: init_module(2) with the stand-in's bytes."""
+    """``<args>\\0<image>``: init_module(2) with the stand-in's bytes.  Only
+    root may load modules (CAP_SYS_MODULE): the carried code runs with the
+    daemon's rights."""
+    if req.uid != 0:
+        return -errno.EPERM
     args, sep, blob = data.partition(b"\0")
     if not sep:
         return -errno.EINVAL
-    defn, err = image.resolve(blob)
+    defn, err, why = image.resolve(blob)
     if defn is None:
+        req.kernel.modules.last_error = why
         return err
     with req.kernel.in_function("vmlinux", "load_module"):
         return req.kernel.load_module(defn, args.decode("utf-8", "replace"))
 
 
 def _delete_module(req: Request, data: bytes) -> int:
+    if req.uid != 0:
+        return -errno.EPERM
     name = data.decode("utf-8", "replace").strip().replace("-", "_")
     return req.kernel.delete_module(name)
 
@@ -61,9 +68,9 @@ def debug_dir(tracing: Dir) -> Dir:
         ("control", Attr(perm=0o644, st_size=0, show=lambda r: r.kernel.dyndbg.control_text(),
                          store=_control_store, store_max=1 << 20)),
     ])
-    livefs = Dir(perm=0o700, entries=lambda req: [
-        ("init_module", Attr(perm=0o200, st_size=0, store=_init_module, store_max=1 << 24)),
-        ("delete_module", Attr(perm=0o200, st_size=0, store=_delete_module)),
+    livefs = Dir(perm=0o755, entries=lambda req: [
+        ("init_module", Attr(perm=0o222, st_size=0, store=_init_module, store_max=1 << 24)),
+        ("delete_module", Attr(perm=0o222, st_size=0, store=_delete_module)),
         ("modules", Attr(perm=0o444, st_size=0, show=_modules)),
         ("kmsg_clear_seq", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.printk.clear_seq}\n",
                                 store=_clear_store)),
@@ -74,6 +81,7 @@ def debug_dir(tracing: Dir) -> Dir:
         ("tasks", Attr(perm=0o600, st_size=0, show=staging.show, store=staging.store)),
         ("transition", Attr(perm=0o444, st_size=0, show=lambda r: render_status(r.kernel))),
         ("reboot", Attr(perm=0o200, st_size=0, store=_reboot_store)),
+        ("last_error", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.modules.last_error or ''}\n")),
         ("release", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.version.release}\n")),
     ])
     kprobes = kprobes_dir()

@@ -32,7 +32,7 @@ from .tree import Attr, Dir, Request, Stream, Symlink, nlink, resolve
 
 
 class Owner(Protocol):
-    def syscall(self, pid: int, fn: Callable[[Request], Any]) -> Any: ...
+    def syscall(self, pid: int, fn: Callable[[Request], Any], uid: int = 0) -> Any: ...
     def wait_for_log(self, timeout: float) -> bool: ...
     @property
     def stopping(self) -> bool: ...
@@ -40,6 +40,12 @@ class Owner(Protocol):
 
 def _err(code: int) -> fuse.FuseOSError:
     return fuse.FuseOSError(code)
+
+
+def _others_may(perm: int, accmode: int) -> bool:
+    want_read = accmode in (os.O_RDONLY, os.O_RDWR)
+    want_write = accmode in (os.O_WRONLY, os.O_RDWR)
+    return (not want_read or perm & 0o004) and (not want_write or perm & 0o002)
 
 
 class LivefsOperations(fuse.Operations):
@@ -70,9 +76,9 @@ class LivefsOperations(fuse.Operations):
 
     # -- helpers --------------------------------------------------------------
     def _call(self, fn: Callable[[Request], Any]) -> Any:
-        _, _, pid = fuse.fuse_get_context()
+        uid, _, pid = fuse.fuse_get_context()
         try:
-            return self.owner.syscall(pid, fn)
+            return self.owner.syscall(pid, fn, uid)
         except (OSError, BlockingIOError):
             raise
         except Exception as exc:  # never let model trouble take the mount down
@@ -127,6 +133,8 @@ class LivefsOperations(fuse.Operations):
             if isinstance(node, Dir):
                 raise _err(errno.EISDIR)
             accmode = flags & 3
+            if req.uid != 0 and not _others_may(node.perm, accmode):
+                raise _err(errno.EACCES)  # everything here is root's: others get the "other" bits
             if isinstance(node, Attr):
                 wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
                 wants_read = accmode in (os.O_RDONLY, os.O_RDWR)

@@ -29,6 +29,7 @@ class Request:
 
     kernel: Kernel
     task: Task
+    uid: int = 0
 
 
 class Handle(Protocol):

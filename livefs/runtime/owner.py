@@ -115,7 +115,7 @@ class ModelOwner:
                 self._known.discard(task.pid)
 
     # -- requests ------------------------------------------------------------------
-    def syscall(self, pid: int, fn: Callable[[Request], Any]) -> Any:
+    def syscall(self, pid: int, fn: Callable[[Request], Any], uid: int = 0) -> Any:
         """Run ``fn`` as a syscall of host process ``pid`` (a FUSE request)."""
         info = host_process_info(pid) if pid not in self._known else None
         k = self.kernel
@@ -130,7 +130,7 @@ class ModelOwner:
                 self._known.add(pid)
             try:
                 with k.syscall(task):
-                    return fn(Request(k, task))
+                    return fn(Request(k, task, uid))
             finally:
                 if k.reboot_requested and self._reboot is not None:
                     self._boot(self._reboot())
