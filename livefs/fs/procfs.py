@@ -29,7 +29,9 @@ def _task_dir(task: Task) -> Dir:
         ("patch_state", Attr(perm=0o400, st_size=0, show=lambda req: f"{task.patch_state}\n")),
         ("stack", Attr(perm=0o400, st_size=0, show=stack)),
     ]
-    return Dir(perm=0o555, entries=lambda req: files)
+    thread = Dir(perm=0o555, entries=lambda req: files)  # model tasks are single-threaded
+    tasks = Dir(perm=0o555, entries=lambda req: [(str(task.pid), thread)])
+    return Dir(perm=0o555, entries=lambda req: files + [("task", tasks)])
 
 
 def _lookup_pid(req: Request, name: str) -> Node | None:

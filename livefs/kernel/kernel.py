@@ -249,10 +249,10 @@ class Kernel:
         if parent is not None:
             klp_copy_process(self.livepatch, parent, task)
         elif self.livepatch.in_transition():
-            # born before we could see it: it has not been checked yet
-            target = self.livepatch.target_state
-            task.patch_state = KLP_UNPATCHED if target == KLP_PATCHED else KLP_PATCHED
-            task.patch_pending = True
+            # a process the model meets mid-transition has been in user space
+            # (or in unrelated kernel code) all along: every stack check so far
+            # would have switched it
+            task.patch_state = self.livepatch.target_state
         return self.tasks.add(task)
 
     def exit_task(self, pid: int) -> None:
