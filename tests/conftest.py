@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from livefs.catalog import find
 from livefs.kernel.kernel import Kernel
 from livefs.kernel.printk import KERN_DEBUG
 from livefs.kernel.tasks import Task
+from livefs.testing.plugin import fuse_problem
 
 REPO = Path(__file__).resolve().parents[1]
 CI = os.environ.get("CI") == "true"
@@ -82,20 +82,9 @@ def smp() -> Machine:
     return _machine(2)
 
 
-def fuse_available() -> str | None:
-    """Why a FUSE mount cannot be made here, or None."""
-    if not Path("/dev/fuse").exists():
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount") is None:
-        return "fusermount is not installed (apt-get install fuse)"
-    if os.geteuid() != 0:
-        return "FUSE tests need root (allow_other and livefs run)"
-    return None
-
-
 @pytest.fixture
 def require_fuse() -> None:
-    reason = fuse_available()
+    reason = fuse_problem()
     if reason is not None:
         if CI:
             pytest.fail(f"FUSE tests cannot run under CI=true: {reason}")

@@ -12,16 +12,10 @@ import errno
 from livefs.kernel.moddef import Callbacks, ModuleDef, Object, Patch, State
 
 from .api import ModuleContext
+from .selftests import callback_info
 
 CONSOLE_LOGLEVEL_STATE = 1
 CONSOLE_LOGLEVEL_MOTORMOUTH = 15
-
-
-def _info(ctx: ModuleContext, callback: str, obj) -> None:
-    if obj.mod is None:
-        ctx.pr_info(f"{callback}: vmlinux")
-    else:
-        ctx.pr_info(f"{callback}: {obj.mod.name} -> {obj.mod.state.kernel_string}")
 
 
 def state_callbacks(takes_over: bool) -> Callbacks:
@@ -31,7 +25,7 @@ def state_callbacks(takes_over: bool) -> Callbacks:
         return ctx.klp_get_prev_state(CONSOLE_LOGLEVEL_STATE) if takes_over else None
 
     def pre_patch(ctx: ModuleContext, obj) -> int:
-        _info(ctx, "pre_patch_callback", obj)
+        callback_info(ctx, "pre_patch_callback", obj)
         if prev(ctx) is not None:
             ctx.pr_info("allocate_loglevel_state: space to store console_loglevel already allocated")
             return 0
@@ -43,7 +37,7 @@ def state_callbacks(takes_over: bool) -> Callbacks:
         return 0
 
     def post_patch(ctx: ModuleContext, obj) -> None:
-        _info(ctx, "post_patch_callback", obj)
+        callback_info(ctx, "post_patch_callback", obj)
         state = ctx.klp_get_state(CONSOLE_LOGLEVEL_STATE)
         previous = prev(ctx)
         if previous is not None:
@@ -55,7 +49,7 @@ def state_callbacks(takes_over: bool) -> Callbacks:
         ctx.kernel.console_loglevel = CONSOLE_LOGLEVEL_MOTORMOUTH
 
     def pre_unpatch(ctx: ModuleContext, obj) -> None:
-        _info(ctx, "pre_unpatch_callback", obj)
+        callback_info(ctx, "pre_unpatch_callback", obj)
         if prev(ctx) is not None:
             ctx.pr_info("restore_console_loglevel: passing the console_loglevel change back to the old livepatch")
             return
@@ -63,7 +57,7 @@ def state_callbacks(takes_over: bool) -> Callbacks:
         ctx.kernel.console_loglevel = ctx.klp_get_state(CONSOLE_LOGLEVEL_STATE).data["loglevel"]
 
     def post_unpatch(ctx: ModuleContext, obj) -> None:
-        _info(ctx, "post_unpatch_callback", obj)
+        callback_info(ctx, "post_unpatch_callback", obj)
         if prev(ctx) is not None:
             ctx.pr_info("free_loglevel_state: keeping space to store console_loglevel")
             return

@@ -35,7 +35,8 @@ test_klp_atomic_replace = ModuleDef(
 )
 
 
-def _callback_line(ctx: ModuleContext, callback: str, obj) -> None:
+def callback_info(ctx: ModuleContext, callback: str, obj) -> None:
+    """The callback line every callbacks test module prints."""
     if obj.mod is None:
         ctx.pr_info(f"{callback}: vmlinux")
     else:
@@ -46,14 +47,14 @@ def demo_callbacks(pre_patch_ret_param: str | None = None) -> Callbacks:
     """The four printing callbacks of the callbacks demo modules."""
 
     def pre_patch(ctx: ModuleContext, obj) -> int:
-        _callback_line(ctx, "pre_patch_callback", obj)
+        callback_info(ctx, "pre_patch_callback", obj)
         return ctx.param(pre_patch_ret_param) if pre_patch_ret_param else 0
 
     return Callbacks(
         pre_patch=pre_patch,
-        post_patch=lambda ctx, obj: _callback_line(ctx, "post_patch_callback", obj),
-        pre_unpatch=lambda ctx, obj: _callback_line(ctx, "pre_unpatch_callback", obj),
-        post_unpatch=lambda ctx, obj: _callback_line(ctx, "post_unpatch_callback", obj),
+        post_patch=lambda ctx, obj: callback_info(ctx, "post_patch_callback", obj),
+        pre_unpatch=lambda ctx, obj: callback_info(ctx, "pre_unpatch_callback", obj),
+        post_unpatch=lambda ctx, obj: callback_info(ctx, "post_unpatch_callback", obj),
     )
 
 

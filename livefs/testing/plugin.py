@@ -34,7 +34,8 @@ def livefs_kernel() -> Kernel:
     return k
 
 
-def _fuse_problem() -> str | None:
+def fuse_problem() -> str | None:
+    """Why a live mount cannot be made here, or None."""
     if not Path("/dev/fuse").exists():
         return "/dev/fuse is missing"
     if shutil.which("fusermount") is None:
@@ -48,7 +49,7 @@ def _fuse_problem() -> str | None:
 def livefs_mount(tmp_path: Path) -> Iterator[Path]:
     """A live mount (one model CPU) in a temporary directory; skipped where FUSE
     cannot work, except under CI=true, where that is an error."""
-    problem = _fuse_problem()
+    problem = fuse_problem()
     if problem:
         if os.environ.get("CI") == "true":
             pytest.fail(f"live mount impossible under CI=true: {problem}")
