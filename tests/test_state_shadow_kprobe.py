@@ -139,3 +139,37 @@ def test_getpid_patch_counts_listed_pids(machine):
     machine.write("test_klp_syscall", "enabled", b"0")
     machine.rmmod("test_klp_syscall")
     assert "test_klp_syscall" not in k.kernel_dirs
+
+
+def test_shadow_samples_fix_the_leak(machine):
+    k = machine.k
+    assert machine.insmod("livepatch_shadow_mod") == 0
+    k.advance(4 * 10**9)
+    assert any(line.startswith("dummy_alloc: dummy @ ") for line in machine.log())
+    assert machine.insmod("livepatch_shadow_fix1") == 0
+    assert machine.insmod("livepatch_shadow_fix2") == 0
+    machine.set_mark()
+    k.advance(20 * 10**9)
+    log = machine.log()
+    assert any("livepatch_fix1_dummy_alloc: dummy @ " in line for line in log)
+    assert any("livepatch_fix2_dummy_leak_dtor: dummy @ " in line and "prevented leak @ " in line for line in log)
+    assert any("livepatch_fix2_dummy_free: dummy @ " in line and " leaked!" in line for line in log)
+    assert any("check counter = " in line for line in log)
+    for name in ("livepatch_shadow_fix2", "livepatch_shadow_fix1"):
+        assert machine.write(name, "enabled", b"0") == 0
+        assert machine.rmmod(name) == 0
+    assert machine.rmmod("livepatch_shadow_mod") == 0
+    assert k.wq.next_deadline() is None  # its works were cancelled
+
+
+def test_callbacks_samples(machine):
+    k = machine.k
+    assert machine.insmod("livepatch_callbacks_busymod", "sleep_secs=2") == 0
+    assert machine.insmod("livepatch_callbacks_demo") == 0
+    assert k.livepatch.transition_patch is not None  # the worker sleeps in busymod_work_func
+    k.advance(4 * 10**9)
+    assert k.livepatch.transition_patch is None
+    assert "livepatch_callbacks_busymod: busymod_work_func exit" in machine.log()
+    assert machine.insmod("livepatch_callbacks_mod") == 0
+    assert "livepatch_callbacks_demo: post_patch_callback: livepatch_callbacks_mod -> " \
+           "[MODULE_STATE_COMING] Full formed, running module_init" in machine.log()

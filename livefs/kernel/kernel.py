@@ -185,6 +185,12 @@ class Kernel:
         lines += [f"{0xFFFFFFFF82000000 + 0x40 * i:016x} d {name}" for i, name in enumerate(self.DATA_SYMBOLS)]
         return "\n".join(lines) + "\n"
 
+    HZ = 250
+    INITIAL_JIFFIES = (-300 * HZ) & 0xFFFFFFFF
+
+    def jiffies(self) -> int:
+        return self.INITIAL_JIFFIES + self.clock.now_ns * self.HZ // NSEC_PER_SEC
+
     def add_vmlinux_function(self, name: str, body: Any, notrace: bool = False) -> KFunc:
         """Declare more vmlinux code (for modelling the code a fix touches)."""
         return self.symbols.add(KFunc(name, VMLINUX, body=body, notrace=notrace))

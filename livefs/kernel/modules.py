@@ -80,6 +80,30 @@ class ModuleContext:
     def klp_get_prev_state(self, state_id: int):
         return self.kernel.livepatch.get_prev_state(state_id)
 
+    def schedule_delayed_work(self, delay_ns: int, func_name: str) -> None:
+        """Run this module's function ``func_name`` on a kworker after ``delay_ns``
+        (a delayed work item the module owns; cancel_works() drops them)."""
+        works = self.data.setdefault("_works", {})
+
+        def run() -> None:
+            works.pop(func_name, None)
+            sched = self.kernel.sched
+            sched.run_work(self.data.setdefault("_worker", None) or self._worker(), self.name, func_name)
+
+        works[func_name] = self.kernel.wq.schedule(delay_ns, f"{self.name}:{func_name}", run)
+
+    def _worker(self):
+        self.data["_worker"] = self.kernel.sched.spawn_kworker()
+        return self.data["_worker"]
+
+    def cancel_works(self) -> None:
+        """cancel_delayed_work_sync() for every pending work of the module."""
+        for work in self.data.pop("_works", {}).values():
+            work.cancel()
+        worker = self.data.get("_worker")
+        if worker is not None and self.kernel.sched.is_blocked(worker):
+            self.kernel.sched.finish_blocked_call(worker)
+
     def static_key(self, name: str):
         """A key by name (the module's own, vmlinux's, or another module's)."""
         key = self.kernel.jump_labels.key(name)
