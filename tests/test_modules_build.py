@@ -63,6 +63,13 @@ def test_build_errors_are_one_line(tmp_path):
                        "m = ModuleDef(name='x', params=[Param('p', 'float')])\n")
     r = sh(f"livefs modules build {invalid}")
     assert r.stderr == "livefs: invalid.py: x: parameter p has unknown type 'float'\n"
+    jump = tmp_path / "jump.py"
+    jump.write_text("from livefs.catalog.api import *\n"
+                    "fix = ModuleDef(name='jfix', livepatch=True, patch=Patch(objs=[Object('tgt', [Func("
+                    "'tgt_show', lambda c: '', new_name='lp_tgt_show', static_branches=['tgt_key'])])]))\n")
+    r = sh(f"livefs modules build {jump}")
+    assert r.stderr == ("livefs: jump.py: Found a jump label at lp_tgt_show()+0x0, using key tgt_key, which is "
+                        "defined in a module.  Use static_key_enabled() instead.\n")
 
 
 def test_load_user_modules_through_the_mount(mnt, built, tmp_path):

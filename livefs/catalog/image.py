@@ -13,7 +13,7 @@ import errno
 from pathlib import Path
 
 from livefs import modimage
-from livefs.kernel.moddef import ModuleDef, validate
+from livefs.kernel.moddef import ModuleDef, Patch, validate
 
 from . import catalog, find
 
@@ -79,12 +79,29 @@ def build_from_source(path: Path, release: str, name: str | None = None) -> tupl
     except (OSError, UnicodeDecodeError) as exc:
         raise BuildError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
     defn = pick(load_source(source, path.name), path.name, name)
-    problem = validate(defn)
+    problem = validate(defn) or _jump_label_problem(defn)
     if problem is not None:
         raise BuildError(f"{path.name}: {problem}")
     payload = modimage.make_payload({"source": "python", "file": path.name, "module": defn.name},
                                     source.encode())
     return defn, modimage.build(defn.name, modinfo_fields(defn, release), payload)
+
+
+def _jump_label_problem(defn: ModuleDef) -> str | None:
+    """kpatch-build's rule (5.8+ kernels): a livepatch's jump labels may use
+    vmlinux keys or its own, never a key defined in another module."""
+    if not defn.livepatch or not isinstance(defn.patch, Patch):
+        return None
+    from livefs.kernel.kernel import Kernel
+    vmlinux_keys = set(Kernel(ncpus=1).jump_labels.keys)
+    own = {k.name for k in defn.static_keys}
+    for obj in defn.patch.objs:
+        for func in obj.funcs:
+            for key in func.static_branches:
+                if key not in own and key not in vmlinux_keys:
+                    return (f"Found a jump label at {func.new_name}()+0x0, using key {key}, which is defined in a "
+                            "module.  Use static_key_enabled() instead.")
+    return None
 
 
 def resolve(data: bytes) -> tuple[ModuleDef | None, int, str | None]:
