@@ -7,7 +7,7 @@ from livefs.kernel.clock import NSEC_PER_SEC
 from livefs.kernel.livepatch.shadow import hashed_pointer
 
 from .api import CallContext, Func, Function, ModuleContext, ModuleDef, Object, Param, Patch
-from .selftests import demo_callbacks
+from .selftests import demo_callbacks, patched_work_func, say
 
 
 def _livepatch_cmdline_proc_show(call: CallContext) -> str:
@@ -23,17 +23,6 @@ livepatch_sample = ModuleDef(
 
 
 # -- callbacks demo ----------------------------------------------------------------------
-def _say(line: str):
-    def fn(ctx: ModuleContext) -> int:
-        ctx.pr_info(line)
-        return 0
-    return fn
-
-
-def _patched_work_func(call: CallContext) -> None:
-    call.module.pr_info("patched_work_func")
-
-
 _cbs = demo_callbacks("pre_patch_ret")
 
 livepatch_callbacks_demo = ModuleDef(
@@ -44,14 +33,14 @@ livepatch_callbacks_demo = ModuleDef(
         Object(None, [], _cbs),
         Object("livepatch_callbacks_mod", [], _cbs),
         Object("livepatch_callbacks_busymod",
-               [Func("busymod_work_func", _patched_work_func, new_name="patched_work_func")], _cbs),
+               [Func("busymod_work_func", patched_work_func, new_name="patched_work_func")], _cbs),
     ]),
 )
 
 livepatch_callbacks_mod = ModuleDef(
     name="livepatch_callbacks_mod",
-    init=_say("livepatch_callbacks_mod_init"),
-    exit=_say("livepatch_callbacks_mod_exit"),
+    init=say("livepatch_callbacks_mod_init"),
+    exit=say("livepatch_callbacks_mod_exit"),
 )
 
 

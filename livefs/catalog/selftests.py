@@ -58,7 +58,7 @@ def demo_callbacks(pre_patch_ret_param: str | None = None) -> Callbacks:
     )
 
 
-def _patched_work_func(call: CallContext) -> None:
+def patched_work_func(call: CallContext) -> None:
     call.module.pr_info("patched_work_func")
 
 
@@ -74,7 +74,7 @@ test_klp_callbacks_demo = ModuleDef(
         Object(None, [], _demo_callbacks),
         Object("test_klp_callbacks_mod", [], _demo_callbacks),
         Object("test_klp_callbacks_busy",
-               [Func("busymod_work_func", _patched_work_func, new_name="patched_work_func")],
+               [Func("busymod_work_func", patched_work_func, new_name="patched_work_func")],
                _demo_callbacks),
     ]),
 )
@@ -90,7 +90,8 @@ test_klp_callbacks_demo2 = ModuleDef(
 )
 
 
-def _say(line: str):
+def say(line: str):
+    """An init or exit that only prints ``line`` (with the module prefix)."""
     def fn(ctx: ModuleContext) -> int:
         ctx.pr_info(line)
         return 0
@@ -101,8 +102,8 @@ test_klp_callbacks_mod = ModuleDef(
     name="test_klp_callbacks_mod",
     description="Livepatch test: target module",
     author="Joe Lawrence <joe.lawrence@redhat.com>",
-    init=_say("test_klp_callbacks_mod_init"),
-    exit=_say("test_klp_callbacks_mod_exit"),
+    init=say("test_klp_callbacks_mod_init"),
+    exit=say("test_klp_callbacks_mod_exit"),
 )
 
 

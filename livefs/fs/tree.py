@@ -157,12 +157,6 @@ class Dir(Node):
         return self.hidden(req, name) if self.hidden else None
 
 
-def static_dir(children: dict[str, Node] | Callable[[], dict[str, Node]], perm: int = 0o755) -> Dir:
-    if callable(children):
-        return Dir(perm=perm, entries=lambda req: children().items())
-    return Dir(perm=perm, entries=lambda req: children.items())
-
-
 def resolve(root: Dir, req: Request, path: str) -> Node | None:
     node: Node | None = root
     for part in path.strip("/").split("/"):
