@@ -86,7 +86,8 @@ def test_shadow_api_semantics(machine):
     assert a is not None and a.value == "x"
     machine.set_mark()
     assert k.shadow.alloc(obj, 1, 8, ctor, "y") is None  # duplicate: WARN, NULL
-    assert re.fullmatch(r"Duplicate shadow variable <0{8}[0-9a-f]{8}, 1>", machine.log()[0])
+    assert re.fullmatch(r"Duplicate shadow variable <0{8}[0-9a-f]{8}, 1>", machine.log()[1])
+    assert machine.log()[2].startswith("WARNING: CPU: 0 PID: ") and machine.log()[-1].startswith("---[ end trace")
     assert k.shadow.get_or_alloc(obj, 1, 8, ctor, "z") is a and calls == ["x"]
     assert k.shadow.alloc(obj, 2, 8, lambda o, d, arg: -12) is None
     assert "(-12)" in machine.log()[-1] and k.shadow.get(obj, 2) is None

@@ -81,7 +81,7 @@ class JumpLabels:
 
     def dec(self, key: StaticKey) -> None:
         if key.enabled <= 0:
-            self.k.warn("jump label: negative count!")
+            self.k.warn("jump label: negative count!", "kernel/jump_label.c:311")
             return
         key.enabled -= 1
         if key.enabled == 0:
@@ -90,7 +90,7 @@ class JumpLabels:
     def enable(self, key: StaticKey) -> None:
         if key.enabled > 0:
             if key.enabled != 1:
-                self.k.warn(f"WARNING: static_key_enable({key.name}) with count {key.enabled}")
+                self.k.warn(f"static_key_enable({key.name}) with count {key.enabled}", "kernel/jump_label.c:209")
             return
         key.enabled = 1
         self._patch(key)
@@ -98,7 +98,7 @@ class JumpLabels:
     def disable(self, key: StaticKey) -> None:
         if key.enabled != 1:
             if key.enabled != 0:
-                self.k.warn(f"WARNING: static_key_disable({key.name}) with count {key.enabled}")
+                self.k.warn(f"static_key_disable({key.name}) with count {key.enabled}", "kernel/jump_label.c:240")
             return
         key.enabled = 0
         self._patch(key)

@@ -15,6 +15,7 @@ import attrs
 
 from .clock import NSEC_PER_SEC, Clock, WorkQueue
 from .ftrace import Ftrace
+from . import panic
 from .jump_label import JumpLabels
 from .text import Text
 from .livepatch import Livepatch
@@ -230,16 +231,9 @@ class Kernel:
         self.modules.last_error = f"{owner}: {where} raised {type(exc).__name__}: {exc}"
         return ret
 
-    def warn(self, message: str) -> None:
-        """WARN(): the message line, then the splat (not prefixed by pr_fmt)."""
-        task = self.current
-        comm, pid = (task.comm, task.pid) if task else ("swapper/0", 0)
-        self.printk_task(KERN_WARNING, message)
-        self.printk_task(KERN_WARNING, f"CPU: 0 UID: 0 PID: {pid} Comm: {comm} Tainted: G           OE K")
-        self.printk_task(KERN_WARNING, "Call Trace:")
-        for frame in reversed(task.stack if task else []):
-            where = "" if frame.obj == "vmlinux" else f" [{frame.obj}]"
-            self.printk_task(KERN_WARNING, f" {frame.name}+0x0/0x{frame.size:x}{where}")
+    def warn(self, message: str, where: str = "kernel/livepatch/shadow.c:156") -> None:
+        """WARN(): cut-here, the message (no pr_fmt), the splat, TAINT_WARN."""
+        panic.warn(self, message, where)
 
     # -- tasks and syscalls ---------------------------------------------------------
     def task_for(self, pid: int, comm: str = "", ppid: int = 0) -> Task:
