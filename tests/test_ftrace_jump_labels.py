@@ -154,3 +154,21 @@ def test_function_tracer_sees_replacement_and_original(machine):
     assert traced == ["cmdline_proc_show", "livepatch_cmdline_proc_show"]
     assert k.tracer.set_tracer("bogus") == -errno.EINVAL
     assert k.tracer.set_filter(["nope"], append=True) == -errno.EINVAL
+
+
+def test_notrace_function_cannot_be_patched(machine):
+    k = machine.k
+    defn = ModuleDef(name="lp_notrace", livepatch=True,
+                     patch=Patch(objs=[Object(None, [Func("printk", lambda call: None)])]))
+    with k.syscall(machine.task("insmod")):
+        assert k.load_module(defn) == -errno.EINVAL
+    assert machine.log() == [
+        "livepatch: enabling patch 'lp_notrace'",
+        "livepatch: 'lp_notrace': initializing patching transition",
+        "livepatch: failed to find location for function 'printk'",
+        "livepatch: failed to patch object 'vmlinux'",
+        "livepatch: failed to enable patch 'lp_notrace'",
+        "livepatch: 'lp_notrace': canceling patching transition, going to unpatch",
+        "livepatch: 'lp_notrace': completing unpatching transition",
+        "livepatch: 'lp_notrace': unpatching complete"]
+    assert k.tracer.set_filter(["printk"], append=False) == -errno.EINVAL  # not in available_filter_functions
