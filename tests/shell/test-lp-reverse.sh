@@ -35,4 +35,7 @@ echo "wake $pid" > $TASKS
 echo "exit $pid" > $TASKS
 disable $LP
 unload $LP
+expect_log "$(loaded_block $LP; printf '%s\n' "livepatch: '$LP': starting unpatching transition" \
+	"livepatch: '$LP': starting patching transition" "livepatch: '$LP': patching complete"
+	disabled_block $LP)"
 echo ok
