@@ -244,3 +244,17 @@ def test_kernel_version_612_hides_stack_order(require_fuse, tmp_path, modules):
         assert "No such file or directory" in r.stderr
     finally:
         sh(f"livefs umount {target}")
+
+
+def test_livefs_status_shows_the_blocking_task(mnt, modules):
+    r = sh(f"echo 'spawn kthread stuck cmdline_proc_show' > {mnt}/sys/kernel/debug/livefs/tasks")
+    assert r.returncode == 0
+    insmod(mnt, modules, LP)
+    r = sh(f"livefs status --mount {mnt}")
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"^{LP} +1 +1 +1 +0 +0  vmlinux$", r.stdout, re.M)
+    assert "transition: 'test_klp_livepatch' to patched" in r.stdout
+    assert re.search(r"^ +\d+ stuck +sleeping +sleeping on function cmdline_proc_show +cmdline_proc_show$",
+                     r.stdout, re.M)
+    r = sh(f"livefs status --mount {mnt}/nowhere")
+    assert r.returncode == 1 and "no livefs mount found" in r.stderr
