@@ -50,7 +50,7 @@ def render_catalog(defn: ModuleDef, release: str) -> bytes:
 
 def load_source(source: str, filename: str) -> dict[str, ModuleDef]:
     """Run a module file and collect the ModuleDefs it defines, by name."""
-    namespace: dict = {"__name__": f"livefs_module_file", "__file__": filename}
+    namespace: dict = {"__name__": "livefs_module_file", "__file__": filename}
     try:
         exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - module code runs like insmod'ed code
     except Exception as exc:

@@ -22,13 +22,13 @@ from .livepatch import Livepatch
 from .livepatch.transition import klp_copy_process, klp_update_patch_state
 from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
-from .printk import KERN_ERR, KERN_WARNING, DynamicDebug, Printk
+from .printk import KERN_ERR, DynamicDebug, Printk
 from .symbols import VMLINUX, KFunc, SymbolTable
 from .kprobes import Kprobes
 from .livepatch.shadow import ShadowTable
 from .sched import Scheduler
 from .trace import FunctionTracer
-from .tasks import KLP_PATCHED, KLP_UNPATCHED, RunState, Task, TaskKind, TaskList
+from .tasks import RunState, Task, TaskKind, TaskList
 from .version import MAINLINE, KernelVersion
 
 DEFAULT_CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-livefs root=/dev/vda1 ro console=ttyS0 quiet"

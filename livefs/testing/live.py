@@ -95,7 +95,7 @@ class Twin:
 def live_dump(mount: Path) -> dict[str, bytes | str]:
     out: dict[str, bytes | str] = {}
     for top in DUMPED:
-        for dirpath, dirnames, filenames in os.walk(mount / top):
+        for dirpath, _dirnames, filenames in os.walk(mount / top):
             rel = os.path.relpath(dirpath, mount)
             out[rel] = "dir"
             for name in filenames:
