@@ -160,9 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _status_file(mount_dir: str | None) -> Path:
-    candidates = [Path(mount_dir)] if mount_dir else [
-        Path(os.environ["LIVEFS_ROOT"])] if os.environ.get("LIVEFS_ROOT") else [
-        Path("/"), DEFAULT_MOUNTPOINTS / "default"]
+    if mount_dir:
+        candidates = [Path(mount_dir)]
+    elif os.environ.get("LIVEFS_ROOT"):
+        candidates = [Path(os.environ["LIVEFS_ROOT"])]
+    else:
+        candidates = [Path("/"), DEFAULT_MOUNTPOINTS / "default"]
     for root in candidates:
         path = root / "sys/kernel/debug/livefs/transition"
         if path.exists():

@@ -91,9 +91,7 @@ def _patch_state(pid: int) -> Attr:
         k = req.kernel
         task = k.tasks.get(pid)
         if task is None:
-            comm, ppid, tgid = host_process_info(pid)
-            task = k.task_for(pid, comm, ppid)
-            task.tgid = tgid
+            task = k.task_for(pid, *host_process_info(pid))
         return f"{task.patch_state}\n"
     return Attr(perm=0o400, st_size=0, show=show)
 

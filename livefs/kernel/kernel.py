@@ -236,14 +236,14 @@ class Kernel:
         panic.warn(self, message, where)
 
     # -- tasks and syscalls ---------------------------------------------------------
-    def task_for(self, pid: int, comm: str = "", ppid: int = 0) -> Task:
+    def task_for(self, pid: int, comm: str = "", ppid: int = 0, tgid: int = 0) -> Task:
         """The task of a real process, created on first contact."""
         task = self.tasks.get(pid)
         if task is not None:
             if comm:
                 task.comm = comm[:15]
             return task
-        task = Task(pid, (comm or f"pid{pid}")[:15], TaskKind.USER, ppid=ppid, external=True,
+        task = Task(pid, (comm or f"pid{pid}")[:15], TaskKind.USER, tgid=tgid, ppid=ppid, external=True,
                     state=RunState.USER)
         parent = self.tasks.get(ppid) if ppid else None
         if parent is not None:

@@ -124,9 +124,7 @@ class ModelOwner:
             before = k.wq.next_deadline()
             task = k.tasks.get(pid)
             if info is not None or task is None:
-                comm, ppid, tgid = info or host_process_info(pid)
-                task = k.task_for(pid, comm, ppid)
-                task.tgid = tgid
+                task = k.task_for(pid, *(info or host_process_info(pid)))
                 self._known.add(pid)
             try:
                 with k.syscall(task):

@@ -20,6 +20,7 @@ from livefs.fs.root import build_root
 from livefs.fs.tree import Attr, Dir, Request, resolve
 from livefs.kernel.clock import NSEC_PER_MSEC
 from livefs.kernel.kernel import Kernel
+from livefs.kernel.ftrace import OpsFlag
 from livefs.kernel.kprobes import Kprobe
 from livefs.kernel.livepatch import transition as tr
 from livefs.kernel.tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, TaskKind
@@ -170,7 +171,7 @@ class LivepatchMachine(RuleBasedStateMachine):
     # -- rules: the other text users --------------------------------------------------------
     @rule(on=st.booleans())
     def ftrace_enabled(self, on: bool) -> None:
-        permanent = any("PERMANENT" in repr(o.flags) for o in self.k.ftrace.ops)
+        permanent = any(OpsFlag.PERMANENT in o.flags for o in self.k.ftrace.ops)
         ret = self.k.ftrace.set_sysctl(int(on))
         assert ret == (-errno.EBUSY if not on and permanent and self.k.ftrace.enabled else 0)
 

@@ -111,17 +111,25 @@ def forbidden_functions(klp: "Livepatch") -> list[tuple[KFunc, str]]:
     return forbidden
 
 
+def _blocker(klp: "Livepatch", task: Task) -> tuple[str, str] | None:
+    """What stops the stack check: ("running", "") or ("sleeping", function)."""
+    if klp.k.sched.task_curr(task) and task is not klp.k.current:
+        return "running", ""
+    for code, name in forbidden_functions(klp):
+        if any(frame is code for frame in task.stack):
+            return "sleeping", name
+    return None
+
+
 def klp_try_switch_task(klp: "Livepatch", task: Task) -> bool:
     if task.patch_state == klp.target_state:
         return True
-    if klp.k.sched.task_curr(task) and task is not klp.k.current:
-        klp.pr_debug("running", f"klp_try_switch_task: {task.comm}:{task.pid} is running")
+    blocker = _blocker(klp, task)
+    if blocker is not None:
+        kind, name = blocker
+        what = "is running" if kind == "running" else f"is sleeping on function {name}"
+        klp.pr_debug(kind, f"klp_try_switch_task: {task.comm}:{task.pid} {what}")
         return False
-    for code, name in forbidden_functions(klp):
-        if any(frame is code for frame in task.stack):
-            klp.pr_debug("sleeping",
-                         f"klp_try_switch_task: {task.comm}:{task.pid} is sleeping on function {name}")
-            return False
     task.patch_pending = False
     task.patch_state = klp.target_state
     return True
@@ -148,12 +156,10 @@ def klp_check_task(klp: "Livepatch", task: Task) -> str | None:
     Side-effect free, for status displays."""
     if task.patch_state == klp.target_state:
         return None
-    if klp.k.sched.task_curr(task) and task is not klp.k.current:
-        return "running"
-    for code, name in forbidden_functions(klp):
-        if any(frame is code for frame in task.stack):
-            return f"sleeping on function {name}"
-    return None
+    blocker = _blocker(klp, task)
+    if blocker is None:
+        return None
+    return "running" if blocker[0] == "running" else f"sleeping on function {blocker[1]}"
 
 
 def klp_try_complete_transition(klp: "Livepatch") -> bool:
