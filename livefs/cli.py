@@ -11,11 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from livefs import __version__
 from livefs.kernel.version import KernelVersion
 
-from .runtime.mounts import DEFAULT_MOUNTPOINTS, REPO, MountError, is_livefs, start_daemon, stop_daemon
+from .runtime.mounts import MountError, fuse_device_problem, is_livefs, start_daemon, stop_daemon
+from .runtime.paths import PathError, mountpoints_dir, sweep_stale_runs
 
-SHIMS = REPO / "contrib" / "shims"
+STATUS_FILE = "sys/kernel/debug/livefs/transition"
 
 
 def _version(text: str) -> str:
@@ -42,6 +44,16 @@ def _cpus(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 1e7:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel-version", type=_version, default="mainline",
                    help="kernel ABI to model: mainline (default), 6.12, 6.1, ...")
@@ -53,10 +65,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="livefs", description="A sysfs-faithful FUSE mock of Linux livepatch.")
+    ap.add_argument("--version", action="version", version=f"livefs {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    m = sub.add_parser("mount", help="mount the mock (default under mountpoints/)")
-    m.add_argument("dir", nargs="?", help="empty directory to mount on (default: mountpoints/default)")
+    m = sub.add_parser("mount", help="mount the mock (as root for every user; as a normal user for you only)")
+    m.add_argument("dir", nargs="?", help="empty directory to mount on (default: mnt/default in the runtime "
+                   "directory: $XDG_RUNTIME_DIR/livefs, /run/livefs for root)")
     m.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
     _common(m)
 
@@ -68,6 +82,14 @@ def parser() -> argparse.ArgumentParser:
     _common(r)
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
+    w = sub.add_parser("wait", help="block until no transition is in progress (exit 1 on timeout)")
+    w.add_argument("--mount", dest="mount_dir", help="livefs mount to watch (default as for status)")
+    w.add_argument("--timeout", type=_seconds, default=None, help="give up after S seconds (default: never)")
+
+    t = sub.add_parser("tools", help="write the stand-ins for insmod, rmmod, modprobe, modinfo, lsmod and "
+                       "dmesg into DIR (put DIR first on PATH, set LIVEFS_ROOT to the mount)")
+    t.add_argument("dir")
+
     st = sub.add_parser("status", help="patches, the transition in progress and the tasks that block it")
     st.add_argument("--mount", dest="mount_dir", help="livefs mount to show (default: the real paths inside "
                     "livefs run, else $LIVEFS_ROOT, else mountpoints/default)")
@@ -76,7 +98,9 @@ def parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("selftest", help="run every test-*.sh in DIR under livefs run and report KTAP")
     se.add_argument("dir")
-    se.add_argument("--timeout", type=float, default=300.0, help="seconds per script (default 300)")
+    se.add_argument("-t", "--test", dest="tests", action="append", default=[],
+                    help="run only this script (a name such as test-livepatch.sh; may be repeated)")
+    se.add_argument("--timeout", type=_seconds, default=300.0, help="seconds per script (default 300)")
     se.add_argument("--no-export", action="store_true",
                     help="do not write test_modules/ stand-ins and helpers into DIR when they are missing")
     _common(se)
@@ -98,16 +122,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    target = Path(args.dir) if args.dir else DEFAULT_MOUNTPOINTS / "default"
-    if args.dir is None:
-        target.mkdir(parents=True, exist_ok=True)
+    if args.dir:
+        target = Path(args.dir)
+    else:
+        target = mountpoints_dir() / "default"
+        target.mkdir(exist_ok=True)
+    scope = "all users" if os.geteuid() == 0 else "you only (a normal user mounts without allow_other)"
     if args.foreground:
         from .runtime.daemon import serve
         from .runtime.mounts import check_mountpoint
         check_mountpoint(target)
+        print(f"livefs {__version__} serving {target.resolve()} for {scope}; stop it with Ctrl-C or: "
+              f"livefs umount {target}", flush=True)
         return serve(str(target), KernelVersion.parse(args.kernel_version), args.scale, args.cpus)
     pid = start_daemon(target, args.kernel_version, args.scale, args.cpus)
-    print(f"livefs mounted at {target} (daemon pid {pid}); stop it with: livefs umount {target}")
+    print(f"livefs mounted at {target} for {scope} (daemon pid {pid}); stop it with: livefs umount {target}")
     return 0
 
 
@@ -116,28 +145,43 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tools(args: argparse.Namespace) -> int:
+    from .tools import write_tools
+    for path in write_tools(Path(args.dir)):
+        print(path)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime.rootless import userns_problem
     cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
     if not cmd:
         raise MountError("livefs run: no command given (livefs run -- CMD ...)")
-    if not SHIMS.is_dir():
-        raise MountError(f"shims not found at {SHIMS}: install livefs from its source tree (pip install -e .)")
     if shutil.which("unshare") is None:
         raise MountError("unshare (util-linux) is required for livefs run")
-    own = args.mount_dir is None
-    if own:
-        DEFAULT_MOUNTPOINTS.mkdir(parents=True, exist_ok=True)
-        mnt = Path(tempfile.mkdtemp(prefix="run-", dir=DEFAULT_MOUNTPOINTS))
-        start_daemon(mnt, args.kernel_version, args.scale, args.cpus)
-    else:
+    inner = [sys.executable, "-m", "livefs.runtime.namespace", "--parent", str(os.getpid())]
+    if args.mount_dir is not None:
         mnt = Path(args.mount_dir).resolve()
         if not is_livefs(mnt):
             raise MountError(f"{mnt}: not a livefs mount")
-    scratch = Path(tempfile.mkdtemp(prefix="livefs-ns-"))
+        inner += ["--mount", str(mnt)]
+    else:
+        problem = fuse_device_problem()
+        if problem:
+            raise MountError(problem)
+        for arg in ["--kernel-version", args.kernel_version, "--scale", str(args.scale),
+                    *(["--cpus", str(args.cpus)] if args.cpus else [])]:
+            inner.append(f"--daemon-arg={arg}")
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        problem = userns_problem()
+        if problem:
+            raise MountError(f"run: {problem}")
+        unshare[1:1] = ["--user", "--map-root-user"]
+    sweep_stale_runs()
+    scratch = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=mountpoints_dir()))
     try:
-        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--",
-                                 sys.executable, "-m", "livefs.runtime.namespace",
-                                 str(mnt), str(SHIMS), str(scratch), "--", *cmd])
+        proc = subprocess.Popen([*unshare, "--", *inner, str(scratch), "--", *cmd])
 
         def forward(signum: int, frame: object) -> None:
             proc.send_signal(signum)
@@ -150,13 +194,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 signal.signal(s, h)
         return rc if rc >= 0 else 128 - rc
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if own:
-            stop_daemon(mnt)
-            try:
-                mnt.rmdir()
-            except OSError:
-                pass
+        try:
+            scratch.rmdir()
+        except OSError:
+            pass
 
 
 def _status_file(mount_dir: str | None) -> Path:
@@ -165,9 +206,9 @@ def _status_file(mount_dir: str | None) -> Path:
     elif os.environ.get("LIVEFS_ROOT"):
         candidates = [Path(os.environ["LIVEFS_ROOT"])]
     else:
-        candidates = [Path("/"), DEFAULT_MOUNTPOINTS / "default"]
+        candidates = [Path("/"), mountpoints_dir() / "default"]
     for root in candidates:
-        path = root / "sys/kernel/debug/livefs/transition"
+        path = root / STATUS_FILE
         if path.exists():
             return path
     raise MountError(f"no livefs mount found at {', '.join(str(c) for c in candidates)}")
@@ -193,23 +234,53 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
+def _in_transition(root: Path) -> bool:
+    for patch in (root / "sys/kernel/livepatch").iterdir():
+        try:
+            if (patch / "transition").read_text().strip() == "1":
+                return True
+        except FileNotFoundError:
+            continue  # freed while we looked
+    return False
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    import time
+    status = _status_file(args.mount_dir)
+    root = status.parents[4]
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    try:
+        while _in_transition(root):
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"livefs wait: transition still in progress after {args.timeout:g} s", file=sys.stderr)
+                sys.stderr.write(status.read_text())
+                return 1
+            time.sleep(0.05)
+    except OSError as exc:
+        raise MountError(f"{root}: {exc.strerror}") from None
+    return 0
+
+
 def cmd_selftest(args: argparse.Namespace) -> int:
     from livefs.catalog import image
-    from livefs.selftest import run_selftests
+    from livefs.selftest import SelftestError, run_selftests
     directory = Path(args.dir).resolve()
     if not directory.is_dir():
         raise MountError(f"{directory}: no such directory")
     if not args.no_export:
         if not (directory / "test_modules").exists():
             image.export(directory / "test_modules", os.uname().release)
-            print(f"# livefs: wrote module stand-ins to {directory / 'test_modules'}")
+            print(f"livefs: wrote module stand-ins to {directory / 'test_modules'}", file=sys.stderr)
         if not (directory / "test_klp-call_getpid").exists():
             image.export_helpers(directory)
-            print(f"# livefs: wrote {directory / 'test_klp-call_getpid'}")
+            print(f"livefs: wrote {directory / 'test_klp-call_getpid'}", file=sys.stderr)
     run_args = ["--kernel-version", args.kernel_version, "--scale", str(args.scale)]
     if args.cpus:
         run_args += ["--cpus", str(args.cpus)]
-    return run_selftests(directory, run_args, args.timeout)
+    try:
+        return run_selftests(directory, run_args, args.timeout, only=args.tests)
+    except SelftestError as exc:
+        raise MountError(str(exc)) from None
 
 
 def cmd_modules(args: argparse.Namespace) -> int:
@@ -243,11 +314,10 @@ def cmd_modules(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handlers = {"mount": cmd_mount, "umount": cmd_umount, "run": cmd_run, "status": cmd_status,
-                "selftest": cmd_selftest,
-                "modules": cmd_modules}
+                "wait": cmd_wait, "tools": cmd_tools, "selftest": cmd_selftest, "modules": cmd_modules}
     try:
         return handlers[args.command](args)
-    except MountError as exc:
+    except (MountError, PathError) as exc:
         print(f"livefs: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

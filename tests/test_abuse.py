@@ -22,6 +22,8 @@ from livefs.fs.tree import Attr, Dir, Request, SnapshotHandle
 from livefs.kernel.kernel import Kernel
 from livefs.testing.live import Twin, live_dump
 
+from livefs.tools import tools_dir
+
 from conftest import sh
 
 KNOWN_ERRNOS = {errno.EINVAL, errno.EBUSY, errno.ENOENT, errno.ESRCH, errno.EPERM, errno.ENOEXEC,
@@ -120,7 +122,7 @@ def test_python_errors_in_module_code_leave_nothing_behind():
 def test_random_writes_through_the_mount(mnt, tmp_path):
     mods = tmp_path / "m"
     assert sh(f"livefs modules export {mods}").returncode == 0
-    env = {"LIVEFS_ROOT": str(mnt), "PATH": f"{Path(__file__).parents[1]}/contrib/shims:{os.environ['PATH']}"}
+    env = {"LIVEFS_ROOT": str(mnt), "PATH": f"{tools_dir()}:{os.environ['PATH']}"}
     assert sh(f"insmod {mods}/test_klp_callbacks_demo.ko && insmod {mods}/test_klp_livepatch.ko", env=env).returncode == 0
     twin_paths = [p.lstrip("/") for p, _ in _writable(build_root(), Twin().req())]
     files = [mnt / p for p in twin_paths if (mnt / p).exists()] + [
@@ -153,7 +155,7 @@ def test_random_writes_through_the_mount(mnt, tmp_path):
 def test_crowd_of_readers_and_writers(mnt, tmp_path):
     mods = tmp_path / "m"
     sh(f"livefs modules export {mods} test_klp_livepatch")
-    env = {"LIVEFS_ROOT": str(mnt), "PATH": f"{Path(__file__).parents[1]}/contrib/shims:{os.environ['PATH']}"}
+    env = {"LIVEFS_ROOT": str(mnt), "PATH": f"{tools_dir()}:{os.environ['PATH']}"}
     assert sh(f"insmod {mods}/test_klp_livepatch.ko", env=env).returncode == 0
     lp = mnt / "sys/kernel/livepatch/test_klp_livepatch"
     loop = (f"end=$((SECONDS+4)); while ((SECONDS < end)); do cat {lp}/enabled {lp}/transition "

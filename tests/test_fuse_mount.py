@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from livefs.tools import tools_dir
+
 from conftest import REPO, sh
 
-SHIMS = REPO / "contrib" / "shims"
+SHIMS = tools_dir()
 LP = "test_klp_livepatch"
 
 

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from livefs.tools import tools_dir
+
 from conftest import REPO, sh
 
 EXAMPLE = REPO / "contrib" / "examples" / "greeting_fix.py"
-SHIMS = REPO / "contrib" / "shims"
+SHIMS = tools_dir()
 
 
 def real_tool(name: str) -> str:
     for path in (f"/usr/sbin/{name}", f"/sbin/{name}", shutil.which(name) or ""):
-        if path and os.access(path, os.X_OK) and "contrib/shims" not in path:
+        if path and os.access(path, os.X_OK) and not path.startswith(str(SHIMS)):
             return path
     pytest.fail(f"{name} is not installed (bootstrap installs kmod and binutils)")
 

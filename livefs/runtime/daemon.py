@@ -1,5 +1,8 @@
 """Serving a mount: the model, its owner thread, and the FUSE loop.
 
+As root (of the host, or of the user namespace of a rootless ``livefs run``)
+the mount is shared with every user (``allow_other``); a normal user's mount is
+theirs alone, since fusermount grants allow_other only with user_allow_other.
 libfuse runs in the main thread so that its SIGINT/SIGTERM/SIGHUP handlers
 end the loop and unmount cleanly; ``livefs umount`` (fusermount -u) ends it
 the same way.  Whatever way the loop ends, the owner thread is stopped.
@@ -19,6 +22,7 @@ from livefs.fs.root import build_root
 from livefs.kernel.kernel import DEFAULT_CMDLINE, Kernel
 from livefs.kernel.version import KernelVersion
 
+from .mounts import MountError
 from .owner import ModelOwner
 
 
@@ -52,9 +56,13 @@ def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0, cpus: int
         raise owner.error
     ops = LivefsOperations(build_root(os.path.abspath(mountpoint)), owner)
     try:
-        fuse.FUSE(ops, mountpoint, foreground=True, nothreads=False, allow_other=True,
-                  direct_io=True, atomic_o_trunc=True, attr_timeout=0, entry_timeout=0,
-                  negative_timeout=0, fsname="livefs", subtype="livefs")
+        try:
+            fuse.FUSE(ops, mountpoint, foreground=True, nothreads=False, allow_other=os.geteuid() == 0,
+                      direct_io=True, atomic_o_trunc=True, attr_timeout=0, entry_timeout=0,
+                      negative_timeout=0, fsname="livefs", subtype="livefs")
+        except RuntimeError:
+            # libfuse has printed why on stderr
+            raise MountError(f"{mountpoint}: libfuse could not mount (see above)") from None
     finally:
         owner.stop()
     return 0

@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MOUNTPOINTS = REPO / "mountpoints"
-STATE_DIR = Path(os.environ.get("LIVEFS_STATE_DIR", "/run/livefs"))
+from .paths import PathError, state_dir
+
 READY_TIMEOUT_S = 20.0
 
 
@@ -22,7 +21,10 @@ class MountError(Exception):
 
 def _state(mountpoint: Path) -> Path:
     key = hashlib.sha1(str(mountpoint.resolve()).encode()).hexdigest()[:16]
-    return STATE_DIR / key
+    try:
+        return state_dir() / key
+    except PathError as exc:
+        raise MountError(str(exc)) from None
 
 
 def is_mounted(path: Path) -> bool:
@@ -49,10 +51,22 @@ def check_mountpoint(path: Path) -> None:
         raise MountError(f"{path}: directory is not empty")
 
 
+def fuse_device_problem() -> str | None:
+    """Why this process cannot open /dev/fuse, or None."""
+    if not Path("/dev/fuse").exists():
+        return "/dev/fuse is missing: load the fuse module (modprobe fuse) or use a FUSE-capable machine"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        mode = Path("/dev/fuse").stat().st_mode & 0o777
+        return (f"/dev/fuse is not open to you (mode {mode:04o}); distributions ship it 0666 "
+                "(as root: chmod 0666 /dev/fuse)")
+    return None
+
+
 def start_daemon(mountpoint: Path, kernel_version: str, scale: float, cpus: int | None = None) -> int:
     """Mount in a background daemon; return its pid once the mount answers."""
-    if not Path("/dev/fuse").exists():
-        raise MountError("/dev/fuse is missing: load the fuse module or run in a FUSE-capable machine")
+    problem = fuse_device_problem()
+    if problem:
+        raise MountError(problem)
     check_mountpoint(mountpoint)
     state = _state(mountpoint)
     state.mkdir(parents=True, exist_ok=True)

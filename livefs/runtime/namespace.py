@@ -1,24 +1,44 @@
-"""Inside ``livefs run``: lay the mock over the real paths, then exec.
+"""Inside ``livefs run``: serve the mock, lay it over the real paths, run the command.
 
-This runs as the first process of a private mount namespace (made by
-``unshare --mount --propagation private``), so every mount below is seen by
-the command and its children only; the host's mounts and files are never
-touched.  Paths that do not exist on the host cannot be bind targets, so
-``/lib/modules/<release>/build`` is provided by an overlay whose upper layer
-is a tmpfs of this namespace, and ``/proc`` is replaced as a whole by the
-mock's view of it (see livefs.fs.hostproc).
+This is the first process of a private mount namespace (``unshare --mount
+--propagation private``, with ``--user --map-root-user`` for a normal user,
+who is then root of a namespace of their own, as in a VM they own).  Every
+mount made here is seen by this namespace only; the host's mounts and files
+are never touched, and when the last process here ends, the mounts go with it.
+
+Two namespaces are used.  The mount daemon runs in the first, where ``/proc``
+is still the real procfs it reads host processes from; the command runs in a
+second, copied from the first after the daemon has mounted, where the mock is
+bound over ``/sys/kernel``, ``/sys/module``, ``/dev/kmsg`` and ``/proc``.
+Everything started here dies with the ``livefs run`` that started it
+(``PR_SET_PDEATHSIG``), whatever killed it.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+from livefs.runtime.mounts import is_livefs
+from livefs.tools import write_tools
 
 MS_BIND = 4096
 MS_REC = 16384
+MS_PRIVATE = 1 << 18
+CLONE_NEWNS = 0x00020000
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+# capabilities a test script has no business using on the host: loading real
+# modules, rebooting it, setting its clock, raw I/O, kexec'ing
+DROPPED_CAPS = {"CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_BOOT": 22, "CAP_SYS_TIME": 25}
+READY_TIMEOUT_S = 20.0
 
 # (path inside the mount, real path it is laid over)
 BINDS = [
@@ -30,12 +50,29 @@ BINDS = [
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    ret = _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                      ctypes.c_ulong(flags), data.encode() if data else None)
+def _check(ret: int, what: str) -> None:
     if ret != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    _check(_libc.mount(source.encode() if source else None, target.encode(),
+                       fstype.encode() if fstype else None, ctypes.c_ulong(flags),
+                       data.encode() if data else None), f"mount {source} on {target}")
+
+
+def die_with_parent() -> None:
+    """preexec_fn: SIGKILL this process when the one that started it ends."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def drop_host_caps() -> None:
+    """preexec_fn for the command: it dies with us and cannot get back the
+    capabilities that would let an escaping tool act on the host kernel."""
+    die_with_parent()
+    for cap in DROPPED_CAPS.values():
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
 
 
 def provide_directory(path: Path, scratch: Path) -> None:
@@ -47,6 +84,7 @@ def provide_directory(path: Path, scratch: Path) -> None:
         anchor = anchor.parent
     anchor = anchor.resolve()
     rel = Path(os.path.realpath(path)).relative_to(anchor)
+    scratch.mkdir()
     mount("tmpfs", str(scratch), "tmpfs", 0, "mode=0755,size=1m")
     upper, work = scratch / "upper", scratch / "work"
     upper.mkdir()
@@ -55,28 +93,110 @@ def provide_directory(path: Path, scratch: Path) -> None:
     (anchor / rel).mkdir(parents=True, exist_ok=True)
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) < 5 or argv[3] != "--":
-        print("usage: python -m livefs.runtime.namespace MOUNT SHIMS SCRATCH -- CMD...", file=sys.stderr)
-        return 2
-    mnt, shims, scratch, cmd = Path(argv[0]), argv[1], Path(argv[2]), argv[4:]
+def start_daemon(mnt: Path, log: Path, daemon_args: list[str]) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "livefs", "mount", "--foreground", *daemon_args, str(mnt)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace").strip()
+            raise RuntimeError(f"the mount daemon exited with {proc.returncode}" + (f": {text}" if text else ""))
+        if is_livefs(mnt):
+            return proc
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"the mount did not come up within {READY_TIMEOUT_S:.0f} s")
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()  # libfuse's handler unmounts and ends the loop
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def lay_over(mnt: Path, scratch: Path) -> None:
+    """The second namespace: the mock at the real paths."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare")
+    mount(None, "/", None, MS_REC | MS_PRIVATE, None)
     for inner, real in BINDS:
         mount(str(mnt / inner), real, None, MS_BIND, None)
-    release = os.uname().release
-    provide_directory(Path(f"/lib/modules/{release}/build"), scratch)
+    provide_directory(Path(f"/lib/modules/{os.uname().release}/build"), scratch / "modules")
     # last: the real procfs moves aside (into the mount) and the mock's /proc,
     # which links back to it for everything it does not model, takes its place
     mount("/proc", str(mnt / "overlay/hostproc"), None, MS_BIND | MS_REC, None)
     mount(str(mnt / "overlay/proc"), "/proc", None, MS_BIND, None)
-    env = dict(os.environ)
-    env["PATH"] = shims + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    env["LIVEFS_ROOT"] = "/"
-    env["LIVEFS_MOUNT"] = str(mnt)
+
+
+def run_command(cmd: list[str], env: dict[str, str]) -> int:
     try:
-        os.execvpe(cmd[0], cmd, env)
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=drop_host_caps)
     except OSError as exc:
         print(f"livefs run: {cmd[0]}: {exc.strerror}", file=sys.stderr)
         return 127
+
+    def forward(signum: int, frame: object) -> None:
+        proc.send_signal(signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, forward)
+    rc = proc.wait()
+    return rc if rc >= 0 else 128 - rc
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m livefs.runtime.namespace")
+    ap.add_argument("--parent", type=int, required=True, help="pid of the livefs run that started us")
+    ap.add_argument("--mount", dest="mount_dir", help="an existing livefs mount to use")
+    ap.add_argument("--daemon-arg", action="append", default=[], help="passed to livefs mount --foreground")
+    ap.add_argument("scratch")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    if args.cmd and args.cmd[0] == "--":
+        args.cmd = args.cmd[1:]
+    if not args.cmd:
+        ap.error("no command")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    # set here, not inherited: entering a user namespace clears it
+    die_with_parent()
+    if os.getppid() != args.parent:
+        return 1
+    scratch = Path(args.scratch)
+    mount("tmpfs", str(scratch), "tmpfs", 0, "mode=0755,size=16m")
+    tools = scratch / "bin"
+    write_tools(tools)
+    daemon = None
+    try:
+        if args.mount_dir:
+            mnt = Path(args.mount_dir)
+        else:
+            mnt = scratch / "mnt"
+            mnt.mkdir()
+            daemon = start_daemon(mnt, scratch / "daemon.log", args.daemon_arg)
+        lay_over(mnt, scratch)
+    except (OSError, RuntimeError) as exc:
+        print(f"livefs run: {exc}", file=sys.stderr)
+        if daemon is not None:
+            stop_daemon(daemon)
+        return 1
+    env = dict(os.environ)
+    env["PATH"] = f"{tools}{os.pathsep}{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    env["LIVEFS_ROOT"] = "/"
+    env["LIVEFS_MOUNT"] = str(mnt)
+    try:
+        return run_command(args.cmd, env)
+    finally:
+        if daemon is not None:
+            stop_daemon(daemon)
 
 
 if __name__ == "__main__":

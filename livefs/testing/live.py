@@ -24,9 +24,8 @@ from livefs.catalog import find
 from livefs.fs.root import build_root
 from livefs.fs.tree import Attr, Dir, Request, SnapshotHandle, Symlink, resolve
 from livefs.kernel.kernel import Kernel
+from livefs.tools import tools_dir
 
-REPO = Path(__file__).resolve().parents[2]
-SHIMS = REPO / "contrib" / "shims"
 MODULES = ("test_klp_livepatch", "test_klp_atomic_replace", "test_klp_callbacks_demo", "test_klp_callbacks_mod",
            "livepatch_sample", "test_klp_state", "test_klp_state2")
 PARAMS = ("", "replace=1", "replace=0", "pre_patch_ret=-19", "pre_patch_ret=1", "bogus=3", "replace=x")
@@ -109,7 +108,7 @@ def live_dump(mount: Path) -> dict[str, bytes | str]:
 
 
 def bash(script: str, mount: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, LC_ALL="C", LIVEFS_ROOT=str(mount), PATH=f"{SHIMS}:{os.environ['PATH']}")
+    env = dict(os.environ, LC_ALL="C", LIVEFS_ROOT=str(mount), PATH=f"{tools_dir()}:{os.environ['PATH']}")
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
 
 

@@ -1,21 +1,18 @@
-#!/usr/bin/env python3
 """Stand-ins for kmod and util-linux tools inside ``livefs run``.
 
-Installed under the names insmod, rmmod, modprobe, modinfo, lsmod and dmesg;
-the name it is called by picks the tool.  It talks to the mock through files
+livefs.tools writes one small launcher per tool (insmod, rmmod, modprobe,
+modinfo, lsmod, dmesg) that calls :func:`main` with its name.  It talks to the mock through files
 only: /sys/module, /dev/kmsg and the mock's control files under
 /sys/kernel/debug/livefs (below $LIVEFS_ROOT, "/" inside livefs run).  Output
 texts and exit codes are those of kmod 30 and util-linux.  Standard library
-only, so any python3 runs it.
+only, so a launcher starts quickly.
 """
 
 import errno
 import os
 import sys
 
-# the stand-in format lives in the livefs source tree; it needs only the stdlib
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
-from livefs import modimage  # noqa: E402
+from livefs import modimage
 
 ROOT = os.environ.get("LIVEFS_ROOT", "/")
 CTL = os.path.join(ROOT, "sys/kernel/debug/livefs")
@@ -278,13 +275,11 @@ TOOLS = {"insmod": insmod, "rmmod": rmmod, "modprobe": modprobe, "modinfo": modi
          "lsmod": lsmod, "dmesg": dmesg}
 
 
-def main():
-    tool = os.path.basename(sys.argv[0])
-    argv = sys.argv[1:]
-    if tool not in TOOLS and argv and argv[0] in TOOLS:
-        tool, argv = argv[0], argv[1:]
+def main(tool=None, argv=None):
+    tool = tool or os.path.basename(sys.argv[0])
+    argv = sys.argv[1:] if argv is None else argv
     if tool not in TOOLS:
-        err(f"livefs-shim: unknown tool {tool!r}; call me as one of {', '.join(sorted(TOOLS))}")
+        err(f"livefs.shim: unknown tool {tool!r}; call me as one of {', '.join(sorted(TOOLS))}")
         return 2
     try:
         return TOOLS[tool](argv)
