@@ -86,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--mount", dest="mount_dir", help="livefs mount to watch (default as for status)")
     w.add_argument("--timeout", type=_seconds, default=None, help="give up after S seconds (default: never)")
 
+    sub.add_parser("demo", help="mount, load a livepatch, watch it switch, unload it, unmount (bash, cat, echo)")
+
     t = sub.add_parser("tools", help="write the stand-ins for insmod, rmmod, modprobe, modinfo, lsmod and "
                        "dmesg into DIR (put DIR first on PATH, set LIVEFS_ROOT to the mount)")
     t.add_argument("dir")
@@ -115,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     bd.add_argument("file")
     bd.add_argument("-o", "--output", help="where to write the .ko (default: <module name>.ko beside FILE)")
     bd.add_argument("--name", help="which module, when FILE declares several")
+    eg = msub.add_parser("example", help="write the example livepatch source (greeting and greeting_fix) to FILE")
+    eg.add_argument("file")
     hp = msub.add_parser("helpers", help="write stand-ins for the selftests' helper programs into DIR "
                          "(test_klp-call_getpid)")
     hp.add_argument("dir")
@@ -143,6 +147,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     stop_daemon(Path(args.dir))
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+    with resources.as_file(resources.files("livefs").joinpath("demo.sh")) as script:
+        return subprocess.run(["bash", str(script)]).returncode
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
@@ -294,6 +304,11 @@ def cmd_modules(args: argparse.Namespace) -> int:
         out.write_bytes(data)
         print(out)
         return 0
+    if args.modules_command == "example":
+        from importlib import resources
+        Path(args.file).write_text(resources.files("livefs.examples").joinpath("greeting_fix.py").read_text())
+        print(args.file)
+        return 0
     if args.modules_command == "helpers":
         for path in image.export_helpers(Path(args.dir)):
             print(path)
@@ -314,7 +329,7 @@ def cmd_modules(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handlers = {"mount": cmd_mount, "umount": cmd_umount, "run": cmd_run, "status": cmd_status,
-                "wait": cmd_wait, "tools": cmd_tools, "selftest": cmd_selftest, "modules": cmd_modules}
+                "wait": cmd_wait, "tools": cmd_tools, "demo": cmd_demo, "selftest": cmd_selftest, "modules": cmd_modules}
     try:
         return handlers[args.command](args)
     except (MountError, PathError) as exc:

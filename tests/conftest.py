@@ -13,7 +13,7 @@ from livefs.catalog import find
 from livefs.kernel.kernel import Kernel
 from livefs.kernel.printk import KERN_DEBUG
 from livefs.kernel.tasks import Task
-from livefs.testing.plugin import fuse_problem
+from livefs.testing.plugin import require_fuse as _require_fuse
 
 REPO = Path(__file__).resolve().parents[1]
 CI = os.environ.get("CI") == "true"
@@ -84,11 +84,7 @@ def smp() -> Machine:
 
 @pytest.fixture
 def require_fuse() -> None:
-    reason = fuse_problem()
-    if reason is not None:
-        if CI:
-            pytest.fail(f"FUSE tests cannot run under CI=true: {reason}")
-        pytest.skip(reason)
+    _require_fuse()
 
 
 @pytest.fixture

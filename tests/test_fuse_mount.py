@@ -11,7 +11,7 @@ import pytest
 
 from livefs.tools import tools_dir
 
-from conftest import REPO, sh
+from conftest import sh
 
 SHIMS = tools_dir()
 LP = "test_klp_livepatch"

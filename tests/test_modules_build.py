@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+import livefs.examples
+
 from livefs.tools import tools_dir
 
-from conftest import REPO, sh
+from conftest import sh
 
-EXAMPLE = REPO / "contrib" / "examples" / "greeting_fix.py"
+EXAMPLE = Path(livefs.examples.__file__).parent / "greeting_fix.py"
 SHIMS = tools_dir()
 
 

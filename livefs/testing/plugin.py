@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -36,29 +36,67 @@ def livefs_kernel() -> Kernel:
 
 def fuse_problem() -> str | None:
     """Why a live mount cannot be made here, or None."""
-    if not Path("/dev/fuse").exists():
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount") is None:
-        return "fusermount is not installed"
-    if os.geteuid() != 0:
-        return "live mounts need root"
+    from livefs.runtime.mounts import fuse_device_problem
+    problem = fuse_device_problem()
+    if problem:
+        return problem
+    if os.geteuid() != 0 and shutil.which("fusermount") is None:
+        return "fusermount is not installed (Debian: apt-get install fuse)"
     return None
 
 
-@pytest.fixture
-def livefs_mount(tmp_path: Path) -> Iterator[Path]:
-    """A live mount (one model CPU) in a temporary directory; skipped where FUSE
-    cannot work, except under CI=true, where that is an error."""
+def require_fuse() -> None:
+    """Skip the calling test where FUSE cannot work (fail instead under CI=true)."""
     problem = fuse_problem()
     if problem:
         if os.environ.get("CI") == "true":
             pytest.fail(f"live mount impossible under CI=true: {problem}")
         pytest.skip(problem)
+
+
+@pytest.fixture
+def livefs_kernel_version() -> str:
+    """The kernel ABI the live fixtures model; override this fixture to pick one ("6.12", "6.1")."""
+    return "mainline"
+
+
+@pytest.fixture
+def livefs_cpus() -> int:
+    """Model CPUs of the live fixtures; with one, an unblocked transition completes inside the write."""
+    return 1
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "livefs", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def livefs_mount(tmp_path: Path, livefs_kernel_version: str, livefs_cpus: int) -> Iterator[Path]:
+    """A live mount in a temporary directory; skipped where FUSE cannot work,
+    except under CI=true, where that is an error.  Use the tool stand-ins with
+    it from :func:`livefs.tools.tools_dir` and ``LIVEFS_ROOT`` set to the mount."""
+    require_fuse()
     target = tmp_path / "livefs"
     target.mkdir()
-    subprocess.run([sys.executable, "-m", "livefs", "mount", "--cpus", "1", str(target)], check=True,
-                   capture_output=True)
+    r = _cli("mount", "--kernel-version", livefs_kernel_version, "--cpus", str(livefs_cpus), str(target))
+    if r.returncode != 0:
+        pytest.fail(f"livefs mount {target} failed: {r.stderr.strip() or r.stdout.strip()}")
     try:
         yield target
     finally:
-        subprocess.run([sys.executable, "-m", "livefs", "umount", str(target)], capture_output=True)
+        _cli("umount", str(target))
+
+
+@pytest.fixture
+def livefs_run(livefs_kernel_version: str, livefs_cpus: int) -> Callable[..., subprocess.CompletedProcess]:
+    """``livefs_run("bash", "-c", "...")``: run a command with the mock at the
+    real paths (``livefs run``), rootless for a normal user; returns the
+    completed process with its text output."""
+    require_fuse()
+
+    def run(*cmd: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "livefs", "run", "--kernel-version", livefs_kernel_version,
+                               "--cpus", str(livefs_cpus), "--", *cmd], capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd)
+
+    return run

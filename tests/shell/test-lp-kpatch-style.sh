@@ -4,7 +4,8 @@
 # /proc/<pid>/task/<tid>/{patch_state,comm,stack}, the list states, unloading.
 . "$(dirname "$0")/lib.sh"
 
-EXAMPLE=$(dirname "$0")/../../contrib/examples/greeting_fix.py
+EXAMPLE=$MODDIR/greeting_fix.py
+livefs modules example "$EXAMPLE" >/dev/null || fail "livefs modules example"
 TASKS=/sys/kernel/debug/livefs/tasks
 command -v readelf >/dev/null || skip "readelf (binutils) is needed"
 livefs modules build "$EXAMPLE" --name greeting -o "$MODDIR/greeting.ko" >/dev/null || fail "build greeting"

@@ -2,8 +2,8 @@
 
 Build both stand-ins and load them (see README.rst):
 
-    livefs modules build contrib/examples/greeting_fix.py --name greeting -o greeting.ko
-    livefs modules build contrib/examples/greeting_fix.py --name greeting_fix -o greeting_fix.ko
+    livefs modules build greeting_fix.py --name greeting -o greeting.ko
+    livefs modules build greeting_fix.py --name greeting_fix -o greeting_fix.ko
 """
 
 from livefs.catalog.api import Callbacks, Func, Function, ModuleDef, Object, Param, Patch
