@@ -3,7 +3,7 @@
 
 Prints p50/p99 in microseconds of open+read+close and open+write+close on a
 livepatch attribute and on a procfs file, and of a spawned ``cat`` of each.
-Usage (as root, from the source tree): python contrib/bench.py [--n N]
+Usage (with livefs installed): python contrib/bench.py [--n N]
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from livefs.tools import tools_dir
+
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -59,14 +60,14 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="iterations per in-process figure")
     ap.add_argument("--spawn-n", type=int, default=200, help="iterations per spawned cat")
     args = ap.parse_args()
-    mnt = Path(tempfile.mkdtemp(prefix="bench-", dir=REPO / "mountpoints"))
+    mnt = Path(tempfile.mkdtemp(prefix="bench-"))
     mods = Path(tempfile.mkdtemp(prefix="bench-mods-"))
     subprocess.run([sys.executable, "-m", "livefs", "mount", str(mnt)], check=True, stdout=subprocess.DEVNULL)
     try:
         subprocess.run([sys.executable, "-m", "livefs", "modules", "export", str(mods), "test_klp_livepatch"],
                        check=True, stdout=subprocess.DEVNULL)
         env = dict(os.environ, LIVEFS_ROOT=str(mnt))
-        subprocess.run([str(REPO / "contrib/shims/insmod"), str(mods / "test_klp_livepatch.ko")], env=env,
+        subprocess.run([str(tools_dir() / "insmod"), str(mods / "test_klp_livepatch.ko")], env=env,
                        check=True)
         lp = mnt / "sys/kernel/livepatch/test_klp_livepatch"
         comm = Path("/proc/self/comm").read_bytes()

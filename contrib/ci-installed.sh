@@ -34,7 +34,7 @@ rm -rf "$BASE/shell/test_modules" "$BASE/shell/test_klp-call_getpid"
 chown -R "$USER_NAME:" "$BASE/shell" "$BASE/downstream"
 chmod -R a+rX "$BASE/venv"
 as_user() {
-	su "$USER_NAME" -s /bin/bash -c "cd '$BASE' && export PATH='$BASE/venv/bin:/usr/bin:/bin' CI='${CI:-}' && $*"
+	su "$USER_NAME" -s /bin/bash -c "cd '$BASE' && export PATH='$BASE/venv/bin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' CI='${CI:-}' && $*"
 }
 as_user 'id -un; livefs --version'
 as_user 'livefs selftest shell'

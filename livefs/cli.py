@@ -14,7 +14,8 @@ from pathlib import Path
 from livefs import __version__
 from livefs.kernel.version import KernelVersion
 
-from .runtime.mounts import MountError, fuse_device_problem, is_livefs, start_daemon, stop_daemon
+from .runtime.mounts import (MountError, check_alive, fuse_device_problem, is_livefs_mount, start_daemon,
+                             stop_daemon)
 from .runtime.paths import PathError, mountpoints_dir, sweep_stale_runs
 
 STATUS_FILE = "sys/kernel/debug/livefs/transition"
@@ -172,8 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     inner = [sys.executable, "-m", "livefs.runtime.namespace", "--parent", str(os.getpid())]
     if args.mount_dir is not None:
         mnt = Path(args.mount_dir).resolve()
-        if not is_livefs(mnt):
-            raise MountError(f"{mnt}: not a livefs mount")
+        check_alive(mnt)
         inner += ["--mount", str(mnt)]
     else:
         problem = fuse_device_problem()
@@ -218,6 +218,8 @@ def _status_file(mount_dir: str | None) -> Path:
     else:
         candidates = [Path("/"), mountpoints_dir() / "default"]
     for root in candidates:
+        if is_livefs_mount(root):
+            check_alive(root)
         path = root / STATUS_FILE
         if path.exists():
             return path
@@ -273,10 +275,14 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_selftest(args: argparse.Namespace) -> int:
     from livefs.catalog import image
-    from livefs.selftest import SelftestError, run_selftests
+    from livefs.selftest import SelftestError, run_selftests, select_scripts
     directory = Path(args.dir).resolve()
     if not directory.is_dir():
         raise MountError(f"{directory}: no such directory")
+    try:
+        select_scripts(directory, args.tests)  # refuse a bad -t before writing anything
+    except SelftestError as exc:
+        raise MountError(str(exc)) from None
     if not args.no_export:
         if not (directory / "test_modules").exists():
             image.export(directory / "test_modules", os.uname().release)
@@ -287,10 +293,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     run_args = ["--kernel-version", args.kernel_version, "--scale", str(args.scale)]
     if args.cpus:
         run_args += ["--cpus", str(args.cpus)]
-    try:
-        return run_selftests(directory, run_args, args.timeout, only=args.tests)
-    except SelftestError as exc:
-        raise MountError(str(exc)) from None
+    return run_selftests(directory, run_args, args.timeout, only=args.tests)
 
 
 def cmd_modules(args: argparse.Namespace) -> int:

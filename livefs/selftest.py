@@ -58,8 +58,8 @@ class SelftestError(Exception):
     pass
 
 
-def run_selftests(directory: Path, run_args: list[str], timeout: float, out: TextIO = sys.stdout,
-                  only: list[str] | None = None) -> int:
+def select_scripts(directory: Path, only: list[str] | None = None) -> list[Path]:
+    """The scripts to run, in order; every name in ``only`` must exist."""
     scripts = scripts_in(directory)
     if only:
         names = {s.name for s in scripts}
@@ -67,6 +67,12 @@ def run_selftests(directory: Path, run_args: list[str], timeout: float, out: Tex
         if missing:
             raise SelftestError(f"{directory}: no such test script: {', '.join(missing)}")
         scripts = [s for s in scripts if s.name in only]
+    return scripts
+
+
+def run_selftests(directory: Path, run_args: list[str], timeout: float, out: TextIO = sys.stdout,
+                  only: list[str] | None = None) -> int:
+    scripts = select_scripts(directory, only)
     out.write("TAP version 13\n")
     if not scripts:
         out.write("1..0 # SKIP no tests\n")

@@ -197,7 +197,8 @@ class ModuleLoader:
                 self.k.printk_task(KERN_ERR, f"{name}: '' invalid for parameter '{pname}'")
                 del self.modules[name]
                 return -errno.EINVAL
-            if pv.parse(value if value is not None else ""):
+            # param_set_bool() takes a bare "name" as "name=1"
+            if pv.parse(value if value is not None else "1"):
                 self.k.printk_task(KERN_ERR, f"{name}: '{value}' invalid for parameter '{pname}'")
                 del self.modules[name]
                 return -errno.EINVAL

@@ -32,9 +32,11 @@ def parse_kernel_int(text: str) -> int | None:
 
 
 def parse_bool(text: str) -> bool | None:
-    t = text[:-1] if text.endswith("\n") else text
+    """kstrtobool(): the first character decides; an empty value is EINVAL
+    (a bare ``flag`` with no ``=`` is handed in as "1" by the loader)."""
+    t = text
     if t == "":
-        return True  # a bare "flag" sets a bool parameter
+        return None
     c = t[0]
     if c in "yY1tT":
         return True

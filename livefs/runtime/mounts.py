@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -27,26 +28,67 @@ def _state(mountpoint: Path) -> Path:
         raise MountError(str(exc)) from None
 
 
-def is_mounted(path: Path) -> bool:
-    target = str(path.resolve())
+FSNAME, FSTYPE = "livefs", "fuse.livefs"
+
+
+def _unescape(field: str) -> str:
+    """Mount table fields escape space, tab, newline and backslash as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def mount_entry(path: Path) -> tuple[str, str] | None:
+    """(source, fstype) of the topmost mount at ``path``, or None."""
+    target = os.path.realpath(path)
+    found = None
     try:
         with open("/proc/self/mounts") as f:
-            return any(line.split()[1] == target for line in f)
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and _unescape(fields[1]) == target:
+                    found = (_unescape(fields[0]), fields[2])
     except OSError:
-        return False
+        return None
+    return found
+
+
+def is_mounted(path: Path) -> bool:
+    return mount_entry(path) is not None
+
+
+def is_livefs_mount(path: Path) -> bool:
+    """The mount table says livefs mounted it (source and type as serve() sets them)."""
+    return mount_entry(path) == (FSNAME, FSTYPE)
 
 
 def is_livefs(path: Path) -> bool:
-    return is_mounted(path) and (path / "sys/kernel/debug/livefs").is_dir()
+    """A livefs mount whose daemon answers."""
+    return is_livefs_mount(path) and (path / "sys/kernel/debug/livefs").is_dir()
+
+
+def check_alive(path: Path) -> None:
+    """Raise the user-facing error for a livefs mount whose daemon is gone or wedged."""
+    if not is_livefs_mount(path):
+        raise MountError(f"{path}: not a livefs mount")
+    try:
+        os.stat(path / "sys/kernel/debug/livefs")
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            raise MountError(f"{path}: the livefs daemon is gone; run livefs umount {path}") from None
+        raise MountError(f"{path}: {exc.strerror}") from None
 
 
 def check_mountpoint(path: Path) -> None:
+    if is_livefs_mount(path):
+        check_alive(path)
+        raise MountError(f"{path}: livefs is already mounted there")
     if not path.exists():
         raise MountError(f"{path}: no such directory")
     if not path.is_dir():
         raise MountError(f"{path}: not a directory")
     if is_mounted(path):
-        raise MountError(f"{path}: something is already mounted there (livefs umount {path}?)")
+        raise MountError(f"{path}: something is already mounted there")
     if any(path.iterdir()):
         raise MountError(f"{path}: directory is not empty")
 
@@ -73,7 +115,7 @@ def start_daemon(mountpoint: Path, kernel_version: str, scale: float, cpus: int 
     log = open(state / "daemon.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "livefs", "mount", "--foreground", "--kernel-version", kernel_version,
-         "--scale", str(scale), *(["--cpus", str(cpus)] if cpus else []), str(mountpoint)],
+         "--scale", str(scale), *(["--cpus", str(cpus)] if cpus else []), str(mountpoint.resolve())],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -90,26 +132,44 @@ def start_daemon(mountpoint: Path, kernel_version: str, scale: float, cpus: int 
     raise MountError(f"mount at {mountpoint} did not come up within {READY_TIMEOUT_S:.0f} s")
 
 
-def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
-    state = _state(mountpoint)
-    pid = None
+def _daemon_pid(state: Path, mountpoint: Path) -> int | None:
+    """The pid in the state record, if that process is still our daemon for
+    this mount point (a pid may have been reused since)."""
     try:
         pid = int((state / "pid").read_text())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
     except (OSError, ValueError):
-        pass
+        return None
+    ours = b"livefs" in argv and b"--foreground" in argv and os.fsencode(str(mountpoint.resolve())) in argv
+    return pid if ours else None
+
+
+def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
+    state = _state(mountpoint)
+    pid = _daemon_pid(state, mountpoint)
+    if is_mounted(mountpoint) and not is_livefs_mount(mountpoint):
+        raise MountError(f"{mountpoint}: not a livefs mount")
     if not is_mounted(mountpoint) and pid is None:
+        _forget(state)
         raise MountError(f"{mountpoint}: not a livefs mount")
     if is_mounted(mountpoint):
         rc = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
-        if rc.returncode != 0:
-            # a dead daemon leaves "Transport endpoint is not connected": detach it lazily
+        if rc.returncode != 0 and is_livefs_mount(mountpoint):
+            # ours, with a dead daemon ("Transport endpoint is not connected"): detach it
             subprocess.run(["fusermount", "-u", "-z", str(mountpoint)], capture_output=True)
     if pid is not None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.02)
-        if _alive(pid):
+        if _alive(pid) and _daemon_pid(state, mountpoint) == pid:
             os.kill(pid, signal.SIGKILL)
+    _forget(state)
+    if is_mounted(mountpoint):
+        raise MountError(f"{mountpoint}: still mounted after umount")
+
+
+def _forget(state: Path) -> None:
     for name in ("pid", "mountpoint", "daemon.log"):
         try:
             (state / name).unlink()
@@ -119,8 +179,6 @@ def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
         state.rmdir()
     except OSError:
         pass
-    if is_mounted(mountpoint):
-        raise MountError(f"{mountpoint}: still mounted after umount")
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,173 @@
+"""livefs acts only on what is its own, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from livefs.kernel.params import parse_bool
+from livefs.runtime.paths import mountpoints_dir
+
+from conftest import sh
+
+
+def livefs_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "livefs", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def mounts() -> list[str]:
+    return Path("/proc/self/mounts").read_text().splitlines()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    target = tmp_path / "tmpfs"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], check=True)
+    yield target
+    subprocess.run(["umount", str(target)], capture_output=True)
+
+
+def test_umount_refuses_a_mount_that_is_not_livefs(tmpfs):
+    before = mounts()
+    r = livefs_cli("umount", str(tmpfs))
+    assert r.returncode == 1
+    assert r.stderr == f"livefs: {tmpfs}: not a livefs mount\n"
+    assert mounts() == before
+
+
+def test_umount_refuses_proc():
+    before = mounts()
+    r = livefs_cli("umount", "/proc")
+    assert (r.returncode, r.stderr) == (1, "livefs: /proc: not a livefs mount\n")
+    assert mounts() == before
+
+
+def test_dead_daemon_is_reported_not_crashed_on(mnt):
+    pid = int(next(p for p in (mountpoints_dir().parent / "state").glob("*/pid")
+                   if (p.parent / "mountpoint").read_text() == str(mnt.resolve())).read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    want = f"livefs: {mnt}: the livefs daemon is gone; run livefs umount {mnt}\n"
+    for args in (["status", "--mount", str(mnt)], ["mount", str(mnt)], ["run", "--mount", str(mnt), "--", "true"],
+                 ["wait", "--mount", str(mnt)]):
+        r = livefs_cli(*args)
+        assert (r.returncode, r.stderr) == (1, want), args
+    assert livefs_cli("umount", str(mnt)).returncode == 0
+    assert not any(f" {mnt} " in m for m in mounts())
+
+
+def test_stale_pid_file_is_not_signalled(tmp_path, monkeypatch):
+    """A pid record that names some other process now is never acted on."""
+    monkeypatch.setenv("LIVEFS_STATE_DIR", str(tmp_path / "state"))
+    from livefs.runtime import mounts as m
+    target = tmp_path / "m"
+    target.mkdir()
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        state = m._state(target)
+        state.mkdir(parents=True)
+        (state / "pid").write_text(f"{bystander.pid}\n")
+        with pytest.raises(m.MountError, match="not a livefs mount"):
+            m.stop_daemon(target, timeout_s=0.2)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_bool_params_parse_as_kstrtobool():
+    assert [parse_bool(t) for t in ("Y\n", "n", "1", "0\n", "on", "off", "true")] == \
+        [True, False, True, False, True, False, True]
+    for bad in ("", "\n", "x", "2", "-1", "o"):
+        assert parse_bool(bad) is None, repr(bad)
+
+
+def test_empty_write_to_bool_param_is_einval(mnt, tmp_path):
+    from livefs.tools import tools_dir
+    env = {"LIVEFS_ROOT": str(mnt), "PATH": f"{tools_dir()}:{os.environ['PATH']}"}
+    assert livefs_cli("modules", "export", str(tmp_path / "m"), "test_klp_callbacks_busy").returncode == 0
+    r = sh(f"insmod {tmp_path}/m/test_klp_callbacks_busy.ko block_transition=", env=env)
+    assert r.returncode == 1 and r.stderr.endswith("Invalid parameters\n"), r.stderr  # kmod's word for EINVAL
+    r = sh(f"insmod {tmp_path}/m/test_klp_callbacks_busy.ko block_transition", env=env)
+    assert r.returncode == 0, r.stderr
+    param = mnt / "sys/module/test_klp_callbacks_busy/parameters/block_transition"
+    assert param.read_text() == "Y\n"
+    r = sh(f"echo > {param}")
+    assert "write error: Invalid argument" in r.stderr
+    assert param.read_text() == "Y\n"
+    r = sh(f"echo N > {param}")
+    assert r.returncode == 0 and param.read_text() == "N\n"
+
+
+def test_run_drops_host_capabilities(require_fuse):
+    r = livefs_cli("run", "--", "bash", "-c", "grep CapBnd /proc/self/status")
+    assert r.returncode == 0, r.stderr
+    bounding = int(r.stdout.split()[1], 16)
+    for cap in (16, 17, 22, 25):  # SYS_MODULE, SYS_RAWIO, SYS_BOOT, SYS_TIME
+        assert not bounding & (1 << cap), cap
+
+
+REBOOT_PROBE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+# reboot(2) checks CAP_SYS_BOOT before its magic numbers: bad magic gives
+# EINVAL to a capable caller and EPERM to one without the capability
+ret = libc.syscall(169, 0, 0, 0, 0)
+print(os.strerror(ctypes.get_errno()) if ret else "rebooted?")
+"""
+
+
+def test_command_cannot_use_host_boot_capability(require_fuse):
+    if os.geteuid() != 0:
+        pytest.skip("as a normal user there is no host capability to drop")
+    outside = subprocess.run([sys.executable, "-c", REBOOT_PROBE], capture_output=True, text=True)
+    assert outside.stdout == "Invalid argument\n"
+    r = livefs_cli("run", "--", sys.executable, "-c", REBOOT_PROBE)
+    assert (r.returncode, r.stdout) == (0, "Operation not permitted\n"), r.stderr
+
+
+def test_sigkill_of_run_leaves_nothing(require_fuse):
+    before = [m for m in mounts() if "livefs" in m]
+    proc = subprocess.Popen([sys.executable, "-m", "livefs", "run", "--", "sleep", "313.5"])
+    try:
+        _check_sigkill_leaves_nothing(proc, before)
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-KILL", "-f", "sleep 313.5"])
+
+
+def _check_sigkill_leaves_nothing(proc: subprocess.Popen, before: list[str]) -> None:
+    deadline = time.monotonic() + 20
+    run_dirs = []
+    while time.monotonic() < deadline and not run_dirs:
+        run_dirs = list(mountpoints_dir().glob(f"run-{proc.pid}-*"))
+        time.sleep(0.05)
+    assert run_dirs, "livefs run made no scratch directory"
+    time.sleep(1.5)  # let the daemon mount and the command start
+    children = subprocess.run(["pgrep", "-f", "--", f"--parent {proc.pid}"], capture_output=True, text=True).stdout.split()
+    assert children, "no namespace runner seen"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", f"run-{proc.pid}-"],
+                                                         capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    assert subprocess.run(["pgrep", "-f", f"run-{proc.pid}-"], capture_output=True).returncode == 1, \
+        "the daemon or the runner outlived livefs run"
+    assert subprocess.run(["pgrep", "-f", "sleep 313.5"], capture_output=True).returncode == 1, \
+        "the command outlived livefs run"
+    assert [m for m in mounts() if "livefs" in m] == before
+    # the empty scratch directory is swept by the next livefs run
+    assert livefs_cli("run", "--", "true").returncode == 0
+    assert not list(mountpoints_dir().glob(f"run-{proc.pid}-*"))
