@@ -49,9 +49,12 @@ def modname(arg):
 
 
 def init_module(image, args):
+    record = args.encode() + b"\0" + image
+    data = memoryview(f"{len(record)}\n".encode() + record)
     fd = os.open(os.path.join(CTL, "init_module"), os.O_WRONLY)
     try:
-        os.write(fd, args.encode() + b"\0" + image)
+        while data:  # the mock gathers the pieces; the last write carries the result
+            data = data[os.write(fd, data):]
     finally:
         os.close(fd)
 

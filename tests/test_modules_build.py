@@ -138,3 +138,27 @@ def test_only_root_may_load(require_fuse, built):
     finally:
         sh(f"livefs umount {target}")
         shutil.rmtree(public)
+
+
+def test_a_module_image_larger_than_one_fuse_write_loads(mnt, tmp_path):
+    """FUSE splits a write into 128 KiB requests; the whole image must still arrive as one."""
+    source = tmp_path / "big.py"
+    source.write_text(EXAMPLE.read_text() + "\n" + "".join(f"# padding line {i:06d} {'x' * 60}\n"
+                                                           for i in range(6000)))
+    r = sh(f"livefs modules build {source} --name greeting -o {tmp_path}/greeting.ko")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "greeting.ko").stat().st_size > 3 * 128 * 1024
+    env = {"LIVEFS_ROOT": str(mnt), "PATH": f"{SHIMS}:{os.environ['PATH']}"}
+    r = sh(f"insmod {tmp_path}/greeting.ko", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (mnt / "sys/module/greeting").is_dir()
+    assert (mnt / "proc/greeting").read_text() == "helo, world\n"
+
+
+def test_a_torn_init_module_record_is_refused(mnt):
+    ctl = mnt / "sys/kernel/debug/livefs/init_module"
+    r = sh(f"printf 'abc\\n' > {ctl}")
+    assert r.stderr.endswith("write error: Invalid argument\n"), r.stderr
+    r = sh(f"printf '999999999999\\nxx' > {ctl}")
+    assert r.stderr.endswith("write error: File too large\n"), r.stderr
+    assert sh(f"cat {mnt}/sys/kernel/debug/livefs/modules").stdout == ""

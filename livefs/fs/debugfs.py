@@ -19,8 +19,12 @@ def _control_store(req: Request, data: bytes) -> int:
     return req.kernel.dyndbg.exec_queries(data.decode("utf-8", "replace"))
 
 
+def _root_only(req: Request) -> int:
+    return -errno.EPERM if req.uid != 0 else 0
+
+
 def _init_module(req: Request, data: bytes) -> int:
-    """``<args>\\0<image>``: init_module(2) with the stand-in's bytes.  Only
+    """``<length>\\n<args>\\0<image>`` (gathered): init_module(2) with the stand-in's bytes.  Only
     root may load modules (CAP_SYS_MODULE): the carried code runs with the
     daemon's rights."""
     if req.uid != 0:
@@ -69,7 +73,8 @@ def debug_dir(tracing: Dir) -> Dir:
                          store=_control_store, store_max=1 << 20)),
     ])
     livefs = Dir(perm=0o755, entries=lambda req: [
-        ("init_module", Attr(perm=0o222, st_size=0, store=_init_module, store_max=1 << 24)),
+        ("init_module", Attr(perm=0o222, st_size=0, store=_init_module, store_max=1 << 28,
+                             gathered=True, gate=_root_only)),
         ("delete_module", Attr(perm=0o222, st_size=0, store=_delete_module)),
         ("modules", Attr(perm=0o444, st_size=0, show=_modules)),
         ("kmsg_clear_seq", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.printk.clear_seq}\n",

@@ -62,6 +62,10 @@ class Attr(Node):
     st_size: int = SYSFS_FILE_SIZE
     store_max: int = SYSFS_STORE_MAX
     truncate: Callable[[Request], None] | None = None  # what an O_TRUNC open does
+    # writes are "<length>\n<record>" in as many pieces as FUSE splits them into
+    # (128 KiB each); store() sees the whole record once
+    gathered: bool = False
+    gate: Callable[[Request], int] | None = None  # a gathered write's early refusal (-errno), before any piece
 
     @property
     def mode(self) -> int:
@@ -90,6 +94,7 @@ class Attr(Node):
 class SnapshotHandle:
     node: Attr
     content: bytes
+    pending: bytearray = attrs.field(factory=bytearray)
 
     def read(self, req: Request, size: int, offset: int) -> bytes:
         return self.content[offset:offset + size]
@@ -99,9 +104,42 @@ class SnapshotHandle:
             return 0
         if self.node.store is None:
             return -errno.EIO
+        if self.node.gathered:
+            return self._gather(req, data)
         chunk = data[:self.node.store_max]
         ret = self.node.store(req, chunk)
         return ret if ret < 0 else len(chunk)
+
+    def _gather(self, req: Request, data: bytes) -> int:
+        """One piece of a length-prefixed record; the piece that completes it
+        gets the store's result, a malformed or oversized record EINVAL/EFBIG."""
+        if not self.pending and self.node.gate is not None:
+            ret = self.node.gate(req)
+            if ret < 0:
+                return ret
+        self.pending += data
+        newline = self.pending.find(b"\n", 0, 24)
+        if newline < 0:
+            if len(self.pending) >= 24:
+                self.pending.clear()
+                return -errno.EINVAL
+            return len(data)
+        head = bytes(self.pending[:newline])
+        if not head.isdigit():
+            self.pending.clear()
+            return -errno.EINVAL
+        total, have = int(head), len(self.pending) - newline - 1
+        if total > self.node.store_max:
+            self.pending.clear()
+            return -errno.EFBIG
+        if have < total:
+            return len(data)
+        record = bytes(self.pending[newline + 1:])
+        self.pending.clear()
+        if have > total:
+            return -errno.EINVAL
+        ret = self.node.store(req, record)
+        return ret if ret < 0 else len(data)
 
 
 @attrs.define(eq=False)
