@@ -28,6 +28,16 @@ def _session_exited() -> bool:
     ctx = fuse._libfuse.fuse_get_context()
     return bool(fuse._libfuse.fuse_exited(ctypes.c_void_p(ctx.contents.fuse)))
 
+
+def _interrupted() -> bool:
+    """The kernel sent FUSE_INTERRUPT for this request: its caller got a
+    signal (SIGKILL included: the kernel then waits for our answer, so a
+    blocked read must notice and end with EINTR, as devkmsg_read does)."""
+    return bool(fuse._libfuse.fuse_interrupted())
+
+
+INTERRUPT_POLL_S = 0.05
+
 from .tree import Attr, Dir, Request, Stream, Symlink, nlink, resolve
 
 
@@ -169,8 +179,8 @@ class LivefsOperations(fuse.Operations):
                     raise
                 raise _err(exc.errno or errno.EIO)
             # a blocking reader waits here, outside the model, for the next record
-            self.owner.wait_for_log(0.25)
-            if self.owner.stopping or _session_exited():
+            self.owner.wait_for_log(INTERRUPT_POLL_S)
+            if self.owner.stopping or _session_exited() or _interrupted():
                 raise _err(errno.EINTR)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:

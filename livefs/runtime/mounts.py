@@ -153,17 +153,19 @@ def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
     if not is_mounted(mountpoint) and pid is None:
         _forget(state)
         raise MountError(f"{mountpoint}: not a livefs mount")
-    if is_mounted(mountpoint):
-        rc = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
-        if rc.returncode != 0 and is_livefs_mount(mountpoint):
-            # ours, with a dead daemon ("Transport endpoint is not connected"): detach it
-            subprocess.run(["fusermount", "-u", "-z", str(mountpoint)], capture_output=True)
     if pid is not None:
+        # libfuse's SIGTERM handler ends the loop (blocked readers get EINTR) and unmounts
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.02)
         if _alive(pid) and _daemon_pid(state, mountpoint) == pid:
             os.kill(pid, signal.SIGKILL)
+    if is_livefs_mount(mountpoint):
+        rc = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
+        if rc.returncode != 0 and is_livefs_mount(mountpoint):
+            # ours, with a dead daemon ("Transport endpoint is not connected"): detach it
+            subprocess.run(["fusermount", "-u", "-z", str(mountpoint)], capture_output=True)
     _forget(state)
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: still mounted after umount")
