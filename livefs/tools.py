@@ -42,8 +42,14 @@ def write_tools(directory: Path) -> list[Path]:
 @functools.lru_cache(maxsize=None)
 def tools_dir() -> Path:
     """The stand-ins in this user's livefs runtime directory, written afresh
-    for the Python running now (for mounts used outside ``livefs run``)."""
+    for the Python running now (for mounts used outside ``livefs run``).  One
+    directory per Python and livefs installation: two installs side by side
+    (a venv and a checkout) must not run each other's stand-ins."""
+    import hashlib
+
+    import livefs
     from livefs.runtime.paths import runtime_dir
-    directory = runtime_dir() / "bin"
+    key = hashlib.sha1(f"{sys.executable}\0{livefs.__file__}".encode()).hexdigest()[:12]
+    directory = runtime_dir() / f"bin-{key}"
     write_tools(directory)
     return directory

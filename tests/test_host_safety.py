@@ -219,3 +219,53 @@ def test_umount_with_a_blocked_reader_is_quick(require_fuse, tmp_path):
         assert not any(f" {target} " in m for m in mounts())
     finally:
         reader.kill()
+
+
+@pytest.fixture
+def public_mnt(require_fuse):
+    """A root mount (allow_other) in a directory that other users can reach."""
+    if os.geteuid() != 0:
+        pytest.skip("a mount for other users needs root")
+    import shutil
+    import tempfile
+    public = Path(tempfile.mkdtemp(prefix="livefs-public-"))
+    public.chmod(0o755)
+    target = public / "mnt"
+    target.mkdir()
+    assert livefs_cli("mount", "--cpus", "1", str(target)).returncode == 0
+    try:
+        yield target
+    finally:
+        livefs_cli("umount", str(target))
+        shutil.rmtree(public, ignore_errors=True)
+
+
+def as_nobody(script: str) -> subprocess.CompletedProcess:
+    return sh(f"setpriv --reuid=65534 --regid=65534 --clear-groups bash -c {script!r}")
+
+
+def test_a_user_reads_their_own_patch_state_and_not_others(public_mnt):
+    r = as_nobody(f"stat -c '%a %u' {public_mnt}/overlay/proc/$$/patch_state; cat {public_mnt}/overlay/proc/$$/patch_state")
+    assert r.stdout == "400 65534\n-1\n", r.stderr
+    r = as_nobody(f"cat {public_mnt}/overlay/proc/1/patch_state")
+    assert r.stderr.endswith("Permission denied\n") and r.stdout == ""
+
+
+def test_debugfs_is_root_only(public_mnt):
+    debug = public_mnt / "sys/kernel/debug"
+    assert sh(f"stat -c '%a %u' {debug}").stdout == "700 0\n"
+    r = as_nobody(f"ls {debug}")
+    assert "Permission denied" in r.stderr and r.stdout == ""
+    r = as_nobody(f"cat {debug}/dynamic_debug/control")
+    assert "Permission denied" in r.stderr and r.stdout == ""
+    assert sh(f"head -c 0 {debug}/dynamic_debug/control").returncode == 0  # root still reads it
+
+
+def test_host_sysctls_are_never_written_through_the_mock(public_mnt):
+    node = public_mnt / "overlay/proc/sys/kernel/ns_last_pid"
+    host = Path("/proc/sys/kernel/ns_last_pid")
+    assert node.stat().st_mode & 0o222 == 0
+    assert host.stat().st_mode & 0o222  # the host's own file is writable: the mock's copy is not
+    for who in (sh, as_nobody):
+        r = who(f"echo 1 > {node}")
+        assert r.returncode == 1 and "Permission denied" in r.stderr, r.stderr

@@ -52,12 +52,6 @@ def _err(code: int) -> fuse.FuseOSError:
     return fuse.FuseOSError(code)
 
 
-def _others_may(perm: int, accmode: int) -> bool:
-    want_read = accmode in (os.O_RDONLY, os.O_RDWR)
-    want_write = accmode in (os.O_WRONLY, os.O_RDWR)
-    return (not want_read or perm & 0o004) and (not want_write or perm & 0o002)
-
-
 class LivefsOperations(fuse.Operations):
     # no xattr handlers: the kernel then stops asking (saves a round trip per write)
     getxattr = None
@@ -99,9 +93,18 @@ class LivefsOperations(fuse.Operations):
             raise _err(code) from None
 
     def _node(self, req: Request, path: str):
-        node = resolve(self.root, req, path)
-        if node is None:
-            raise _err(errno.ENOENT)
+        """Path walk with the kernel's search permission on every directory."""
+        node = self.root
+        for part in path.strip("/").split("/"):
+            if not part:
+                continue
+            if not isinstance(node, Dir):
+                raise _err(errno.ENOTDIR)
+            if not node.allows(req, 0o1):
+                raise _err(errno.EACCES)
+            node = node.lookup(req, part)
+            if node is None:
+                raise _err(errno.ENOENT)
         return node
 
     # -- metadata ---------------------------------------------------------------
@@ -110,7 +113,7 @@ class LivefsOperations(fuse.Operations):
             node = self._node(req, path)
             t = self.mounted_at
             return dict(st_mode=node.mode, st_nlink=nlink(node, req), st_size=node.size(),
-                        st_uid=0, st_gid=0, st_atime=t, st_mtime=t, st_ctime=t, st_blksize=4096)
+                        st_uid=node.uid(req), st_gid=0, st_atime=t, st_mtime=t, st_ctime=t, st_blksize=4096)
         return self._call(fn)
 
     def readdir(self, path: str, fh: Any) -> list[str]:
@@ -118,6 +121,8 @@ class LivefsOperations(fuse.Operations):
             node = self._node(req, path)
             if not isinstance(node, Dir):
                 raise _err(errno.ENOTDIR)
+            if not node.allows(req, 0o4):
+                raise _err(errno.EACCES)
             return [".", ".."] + [name for name, _ in node.listing(req)]
         return self._call(fn)
 
@@ -143,8 +148,9 @@ class LivefsOperations(fuse.Operations):
             if isinstance(node, Dir):
                 raise _err(errno.EISDIR)
             accmode = flags & 3
-            if req.uid != 0 and not _others_may(node.perm, accmode):
-                raise _err(errno.EACCES)  # everything here is root's: others get the "other" bits
+            want = (0o4 if accmode in (os.O_RDONLY, os.O_RDWR) else 0) | (0o2 if accmode != os.O_RDONLY else 0)
+            if not node.allows(req, want):
+                raise _err(errno.EACCES)
             if isinstance(node, Attr):
                 wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
                 wants_read = accmode in (os.O_RDONLY, os.O_RDWR)

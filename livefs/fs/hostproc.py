@@ -43,25 +43,24 @@ def host_process_info(pid: int) -> tuple[str, int, int]:
         return "", 0, pid
 
 
+def host_euid(pid: int) -> int:
+    """The effective uid of a host process (procfs gives /proc/<pid> files to
+    it); root's for a model task or a process that is gone."""
+    try:
+        with open(f"{HOST_PROC}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
     except OSError:
         return []
-
-
-def _host_store(path: str):
-    def store(req: Request, data: bytes) -> int:
-        try:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            return -(exc.errno or 5)
-        return 0
-    return store
 
 
 def _host_show(path: str):
@@ -73,7 +72,9 @@ def _host_show(path: str):
 
 def passthrough(path: str) -> Node | None:
     """A host /proc/sys node served by value: sysctl(8) insists that what it
-    opens really lies under /proc/sys, so these cannot be symlinks."""
+    opens really lies under /proc/sys, so these cannot be symlinks.  Read-only,
+    and shown so: a write would change the host's real sysctl with the daemon's
+    rights, which livefs never does."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -81,9 +82,8 @@ def passthrough(path: str) -> Node | None:
     if st_mod.S_ISDIR(st.st_mode):
         return Dir(perm=st.st_mode & 0o7777, entries=lambda req: [
             (n, node) for n in sorted(_listdir(path)) if (node := passthrough(f"{path}/{n}")) is not None])
-    perm = st.st_mode & 0o7777
-    return Attr(perm=perm, st_size=0, show=_host_show(path) if perm & 0o444 else None,
-                store=_host_store(path) if perm & 0o222 else None)
+    perm = st.st_mode & 0o7555
+    return Attr(perm=perm, st_size=0, show=_host_show(path) if perm & 0o444 else None)
 
 
 def _patch_state(pid: int) -> Attr:
@@ -93,7 +93,8 @@ def _patch_state(pid: int) -> Attr:
         if task is None:
             task = k.task_for(pid, *host_process_info(pid))
         return f"{task.patch_state}\n"
-    return Attr(perm=0o400, st_size=0, show=show)
+    # S_IRUSR, owned by the process, as procfs has it: a user reads their own
+    return Attr(perm=0o400, st_size=0, show=show, owner=lambda req: host_euid(pid))
 
 
 class HostProc:

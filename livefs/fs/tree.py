@@ -44,6 +44,19 @@ Store = Callable[[Request, bytes], int]
 @attrs.define(eq=False)
 class Node:
     perm: int = 0o444
+    # whose file this is (procfs: the process's); None is root's, like all of sysfs
+    owner: Callable[[Request], int] | None = attrs.field(default=None, kw_only=True)
+
+    def uid(self, req: Request) -> int:
+        return 0 if self.owner is None else self.owner(req)
+
+    def allows(self, req: Request, want: int) -> bool:
+        """generic_permission() for the caller: root passes, the owner gets the
+        user bits, everyone else the other bits (every file's group is root's)."""
+        if req.uid == 0:
+            return True
+        bits = self.perm >> 6 if self.uid(req) == req.uid else self.perm
+        return bits & want == want
 
     @property
     def mode(self) -> int:
