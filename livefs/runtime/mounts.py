@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .paths import PathError, state_dir
+from .paths import PathError, pid_alive, state_dir
 
 READY_TIMEOUT_S = 20.0
 
@@ -184,12 +184,8 @@ def _forget(state: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     # a zombie child of ours counts as gone
     try:
         with open(f"/proc/{pid}/stat") as f:

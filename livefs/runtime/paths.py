@@ -65,7 +65,7 @@ def sweep_stale_runs() -> None:
         parts = entry.name.split("-")
         if len(parts) < 3 or not parts[1].isdigit():
             continue
-        if _pid_alive(int(parts[1])):
+        if pid_alive(int(parts[1])):
             continue
         try:
             for sub in sorted(entry.rglob("*"), key=lambda p: len(p.parts), reverse=True):
@@ -78,7 +78,8 @@ def sweep_stale_runs() -> None:
             pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists (it may be a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
