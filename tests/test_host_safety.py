@@ -269,3 +269,27 @@ def test_host_sysctls_are_never_written_through_the_mock(public_mnt):
     for who in (sh, as_nobody):
         r = who(f"echo 1 > {node}")
         assert r.returncode == 1 and "Permission denied" in r.stderr, r.stderr
+
+
+def test_proc_overlay_fails_loudly_instead_of_dropping_host_processes(monkeypatch):
+    """A host /proc that cannot be read is an error for the request, never an empty /proc."""
+    from livefs.fs import hostproc
+    from livefs.fs.root import build_root
+    from livefs.fs.tree import Request, resolve
+    from livefs.kernel.kernel import Kernel
+
+    k = Kernel(ncpus=1)
+    req = Request(k, k.task_for(5000, "bash"))
+    proc = resolve(build_root("/mnt/livefs"), req, "overlay/proc")
+    assert any(name == str(os.getpid()) for name, _ in proc.listing(req))
+    calls = []
+
+    def flaky(path):
+        calls.append(path)
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(hostproc.os, "listdir", flaky)
+    with pytest.raises(OSError) as info:
+        list(proc.listing(req))
+    assert info.value.errno == 12
+    assert len(calls) == hostproc.HOST_RETRIES

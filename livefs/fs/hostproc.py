@@ -56,6 +56,34 @@ def host_euid(pid: int) -> int:
     return 0
 
 
+HOST_RETRIES = 3
+
+
+def _host_listing(path: str) -> list[str]:
+    """The host /proc's own listing: retried, then the error is the request's.
+    An empty answer would hide every host process from the command."""
+    for attempt in range(HOST_RETRIES):
+        try:
+            return os.listdir(path)
+        except OSError:
+            if attempt == HOST_RETRIES - 1:
+                raise
+    return []
+
+
+def _host_is_dir(path: str) -> bool:
+    """Whether a host /proc entry exists; only "no such entry" answers no."""
+    for attempt in range(HOST_RETRIES):
+        try:
+            return st_mod.S_ISDIR(os.stat(path).st_mode)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            if attempt == HOST_RETRIES - 1:
+                raise
+    return False
+
+
 def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
@@ -157,7 +185,7 @@ class HostProc:
         sys_dir = self._sys_dir()
 
         def entries(req: Request) -> Iterable[tuple[str, Node]]:
-            host = _listdir(HOST_PROC)
+            host = _host_listing(HOST_PROC)
             mock = dict(self.mock.listing(req))
             mine: dict[str, Node] = {n: node for n, node in mock.items() if not n.isdigit() and n != "sys"}
             mine["sys"] = sys_dir
@@ -169,7 +197,7 @@ class HostProc:
             return self._top(host, mine)
 
         def hidden(req: Request, name: str) -> Node | None:
-            if name.isdigit() and os.path.isdir(f"{HOST_PROC}/{name}"):
+            if name.isdigit() and _host_is_dir(f"{HOST_PROC}/{name}"):
                 return self._pid_dir(int(name), name)  # a thread id: not listed, still there
             return self.mock.lookup(req, name)
 
