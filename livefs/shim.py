@@ -48,10 +48,20 @@ def modname(arg):
     return base.replace("-", "_")
 
 
+def open_syscall(name):
+    """The mock's control file for a module syscall.  The mock's debugfs is
+    root's, as the kernel's is: a caller who cannot reach it lacks
+    CAP_SYS_MODULE, and the syscall itself would say EPERM."""
+    try:
+        return os.open(os.path.join(CTL, name), os.O_WRONLY)
+    except PermissionError:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM)) from None
+
+
 def init_module(image, args):
     record = args.encode() + b"\0" + image
     data = memoryview(f"{len(record)}\n".encode() + record)
-    fd = os.open(os.path.join(CTL, "init_module"), os.O_WRONLY)
+    fd = open_syscall("init_module")
     try:
         while data:  # the mock gathers the pieces; the last write carries the result
             data = data[os.write(fd, data):]
@@ -91,7 +101,7 @@ def refcnt(name):
 
 
 def delete_module(name):
-    fd = os.open(os.path.join(CTL, "delete_module"), os.O_WRONLY)
+    fd = open_syscall("delete_module")
     try:
         os.write(fd, name.encode())
     finally:
