@@ -49,7 +49,7 @@ def test_insmod_through_the_mount(livefs_mount, tmp_path):
 
 
 def test_run_fixture_at_the_real_paths(livefs_run):
-    r = livefs_run("bash", "-c", "echo 2 > /proc/sys/kernel/ftrace_enabled; echo rc=$?; "
+    r = livefs_run("bash", "-c", "echo abc > /proc/sys/kernel/ftrace_enabled; echo rc=$?; "
                    "cat /proc/self/patch_state")
     assert r.returncode == 0, r.stderr
     assert "write error: Invalid argument" in r.stderr

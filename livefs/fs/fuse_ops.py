@@ -66,6 +66,9 @@ class LivefsOperations(fuse.Operations):
         self.nonblock: dict[int, bool] = {}
         self.next_fh = 1
         self.mounted_at = time.time()
+        # whoever serves the mount is root of the model's world (a normal
+        # user's own mount, like the user namespace of a rootless livefs run)
+        self.daemon_uid = os.geteuid()
 
     def __call__(self, op: str, *args: Any) -> Any:
         """Every request runs with thread cancellation off: libfuse cancels its
@@ -81,6 +84,8 @@ class LivefsOperations(fuse.Operations):
     # -- helpers --------------------------------------------------------------
     def _call(self, fn: Callable[[Request], Any]) -> Any:
         uid, _, pid = fuse.fuse_get_context()
+        if uid == self.daemon_uid:
+            uid = 0
         try:
             return self.owner.syscall(pid, fn, uid)
         except (OSError, BlockingIOError):

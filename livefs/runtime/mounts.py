@@ -63,8 +63,11 @@ def is_livefs_mount(path: Path) -> bool:
 
 
 def is_livefs(path: Path) -> bool:
-    """A livefs mount whose daemon answers."""
-    return is_livefs_mount(path) and (path / "sys/kernel/debug/livefs").is_dir()
+    """A livefs mount whose daemon answers (sys/kernel/livepatch: any user may look)."""
+    try:
+        return is_livefs_mount(path) and (path / "sys/kernel/livepatch").is_dir()
+    except OSError:
+        return False
 
 
 def check_alive(path: Path) -> None:
@@ -72,7 +75,7 @@ def check_alive(path: Path) -> None:
     if not is_livefs_mount(path):
         raise MountError(f"{path}: not a livefs mount")
     try:
-        os.stat(path / "sys/kernel/debug/livefs")
+        os.stat(path / "sys/kernel/livepatch")
     except OSError as exc:
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             raise MountError(f"{path}: the livefs daemon is gone; run livefs umount {path}") from None
