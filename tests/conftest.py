@@ -16,7 +16,6 @@ from livefs.kernel.tasks import Task
 from livefs.testing.plugin import require_fuse as _require_fuse
 
 REPO = Path(__file__).resolve().parents[1]
-CI = os.environ.get("CI") == "true"
 
 
 class Machine:
@@ -100,6 +99,13 @@ def mnt(require_fuse, tmp_path: Path):
     finally:
         subprocess.run([sys.executable, "-m", "livefs", "umount", str(target)], capture_output=True)
         subprocess.run(["fusermount", "-u", "-z", str(target)], capture_output=True)
+
+
+def livefs_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+    """The ``livefs`` command of this Python, with its text output."""
+    return subprocess.run([sys.executable, "-m", "livefs", *args], capture_output=True, text=True, cwd=cwd,
+                          env=None if env is None else dict(os.environ, **env), timeout=timeout)
 
 
 def sh(script: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

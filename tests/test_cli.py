@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-
-def livefs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "livefs", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=60)
+from conftest import livefs_cli as livefs
 
 
 def test_bad_kernel_version():

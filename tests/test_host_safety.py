@@ -14,11 +14,7 @@ import pytest
 from livefs.kernel.params import parse_bool
 from livefs.runtime.paths import mountpoints_dir
 
-from conftest import sh
-
-
-def livefs_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "livefs", *args], capture_output=True, text=True, timeout=timeout)
+from conftest import livefs_cli, sh
 
 
 def mounts() -> list[str]:

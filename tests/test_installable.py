@@ -4,10 +4,10 @@ kselftest prints it, and ``livefs wait``."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,12 +16,11 @@ from livefs.runtime import paths
 from livefs.shim import TOOLS
 from livefs.tools import write_tools
 
+import conftest
 from conftest import sh
 
 
-def livefs_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "livefs", *args], capture_output=True, text=True, timeout=120,
-                          env=None if env is None else dict(os.environ, **env), cwd=cwd)
+livefs_cli = functools.partial(conftest.livefs_cli, timeout=120)
 
 
 def test_version():

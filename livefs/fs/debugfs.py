@@ -27,8 +27,8 @@ def _init_module(req: Request, data: bytes) -> int:
     """``<length>\\n<args>\\0<image>`` (gathered): init_module(2) with the stand-in's bytes.  Only
     root may load modules (CAP_SYS_MODULE): the carried code runs with the
     daemon's rights."""
-    if req.uid != 0:
-        return -errno.EPERM
+    if (ret := _root_only(req)) < 0:
+        return ret
     args, sep, blob = data.partition(b"\0")
     if not sep:
         return -errno.EINVAL
@@ -41,8 +41,8 @@ def _init_module(req: Request, data: bytes) -> int:
 
 
 def _delete_module(req: Request, data: bytes) -> int:
-    if req.uid != 0:
-        return -errno.EPERM
+    if (ret := _root_only(req)) < 0:
+        return ret
     name = data.decode("utf-8", "replace").strip().replace("-", "_")
     return req.kernel.delete_module(name)
 

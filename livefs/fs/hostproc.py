@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat as st_mod
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 from .tree import Attr, Dir, Node, Request, Symlink
 
@@ -57,31 +57,32 @@ def host_euid(pid: int) -> int:
 
 
 HOST_RETRIES = 3
+T = TypeVar("T")
+
+
+def _retried(read: Callable[[], T]) -> T:
+    """A read of the host /proc, tried again on failure; the last error is the
+    request's.  Swallowing it would hide every host process from the command."""
+    for attempt in range(HOST_RETRIES - 1):
+        try:
+            return read()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            pass
+    return read()
 
 
 def _host_listing(path: str) -> list[str]:
-    """The host /proc's own listing: retried, then the error is the request's.
-    An empty answer would hide every host process from the command."""
-    for attempt in range(HOST_RETRIES):
-        try:
-            return os.listdir(path)
-        except OSError:
-            if attempt == HOST_RETRIES - 1:
-                raise
-    return []
+    return _retried(lambda: os.listdir(path))
 
 
 def _host_is_dir(path: str) -> bool:
     """Whether a host /proc entry exists; only "no such entry" answers no."""
-    for attempt in range(HOST_RETRIES):
-        try:
-            return st_mod.S_ISDIR(os.stat(path).st_mode)
-        except FileNotFoundError:
-            return False
-        except OSError:
-            if attempt == HOST_RETRIES - 1:
-                raise
-    return False
+    try:
+        return st_mod.S_ISDIR(_retried(lambda: os.stat(path)).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _listdir(path: str) -> list[str]:

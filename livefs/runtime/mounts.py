@@ -151,9 +151,10 @@ def _daemon_pid(state: Path, mountpoint: Path) -> int | None:
 def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
     state = _state(mountpoint)
     pid = _daemon_pid(state, mountpoint)
-    if is_mounted(mountpoint) and not is_livefs_mount(mountpoint):
+    entry = mount_entry(mountpoint)
+    if entry is not None and entry != (FSNAME, FSTYPE):
         raise MountError(f"{mountpoint}: not a livefs mount")
-    if not is_mounted(mountpoint) and pid is None:
+    if entry is None and pid is None:
         _forget(state)
         raise MountError(f"{mountpoint}: not a livefs mount")
     if pid is not None:

@@ -66,8 +66,9 @@ def livefs_cpus() -> int:
     return 1
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "livefs", *args], capture_output=True, text=True)
+def _cli(*args: str, timeout: float | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "livefs", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture
@@ -95,8 +96,7 @@ def livefs_run(livefs_kernel_version: str, livefs_cpus: int) -> Callable[..., su
     require_fuse()
 
     def run(*cmd: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "livefs", "run", "--kernel-version", livefs_kernel_version,
-                               "--cpus", str(livefs_cpus), "--", *cmd], capture_output=True, text=True,
-                              timeout=timeout, cwd=cwd)
+        return _cli("run", "--kernel-version", livefs_kernel_version, "--cpus", str(livefs_cpus), "--", *cmd,
+                    timeout=timeout, cwd=cwd)
 
     return run
