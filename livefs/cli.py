@@ -164,6 +164,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime.reaper import become_subreaper, kill_descendants, open_proc
     from .runtime.rootless import userns_problem
     cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
     if not cmd:
@@ -190,6 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         unshare[1:1] = ["--user", "--map-root-user"]
     sweep_stale_runs()
     scratch = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=mountpoints_dir()))
+    # should the namespace's first process die, what it leaves becomes ours to end
+    become_subreaper()
     try:
         proc = subprocess.Popen([*unshare, "--", *inner, str(scratch), "--", *cmd])
 
@@ -202,6 +205,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            proc_fd = open_proc()
+            try:
+                kill_descendants(proc_fd)
+            finally:
+                os.close(proc_fd)
         return rc if rc >= 0 else 128 - rc
     finally:
         try:

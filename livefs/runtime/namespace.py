@@ -10,8 +10,9 @@ Two namespaces are used.  The mount daemon runs in the first, where ``/proc``
 is still the real procfs it reads host processes from; the command runs in a
 second, copied from the first after the daemon has mounted, where the mock is
 bound over ``/sys/kernel``, ``/sys/module``, ``/dev/kmsg`` and ``/proc``.
-Everything started here dies with the ``livefs run`` that started it
-(``PR_SET_PDEATHSIG``), whatever killed it.
+Everything started here dies with the ``livefs run`` that started it,
+whatever killed it: we get SIGTERM when it dies (``PR_SET_PDEATHSIG``), and
+as a child subreaper we kill the command's whole tree before we go.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 from livefs.runtime.mounts import is_livefs
+from livefs.runtime.reaper import become_subreaper, kill_descendants, open_proc
 from livefs.tools import write_tools
 
 MS_BIND = 4096
@@ -62,9 +64,9 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
                        data.encode() if data else None), f"mount {source} on {target}")
 
 
-def die_with_parent() -> None:
-    """preexec_fn: SIGKILL this process when the one that started it ends."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """preexec_fn: signal this process when the one that started it ends."""
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def drop_host_caps() -> None:
@@ -133,7 +135,7 @@ def lay_over(mnt: Path, scratch: Path) -> None:
     mount(str(mnt / "overlay/proc"), "/proc", None, MS_BIND, None)
 
 
-def run_command(cmd: list[str], env: dict[str, str]) -> int:
+def run_command(cmd: list[str], env: dict[str, str], parent: int) -> int:
     try:
         proc = subprocess.Popen(cmd, env=env, preexec_fn=drop_host_caps)
     except OSError as exc:
@@ -141,7 +143,8 @@ def run_command(cmd: list[str], env: dict[str, str]) -> int:
         return 127
 
     def forward(signum: int, frame: object) -> None:
-        proc.send_signal(signum)
+        # the livefs run that started us is gone: so is the command
+        proc.send_signal(signal.SIGKILL if os.getppid() != parent else signum)
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, forward)
@@ -166,10 +169,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    # set here, not inherited: entering a user namespace clears it
-    die_with_parent()
+    # set here, not inherited: entering a user namespace clears it.  SIGTERM,
+    # not SIGKILL: we still have the command's tree to end
+    die_with_parent(signal.SIGTERM)
+    become_subreaper()
     if os.getppid() != args.parent:
         return 1
+    proc_fd = open_proc()
     scratch = Path(args.scratch)
     mount("tmpfs", str(scratch), "tmpfs", 0, "mode=0755,size=16m")
     tools = scratch / "bin"
@@ -193,8 +199,9 @@ def main(argv: list[str]) -> int:
     env["LIVEFS_ROOT"] = "/"
     env["LIVEFS_MOUNT"] = str(mnt)
     try:
-        return run_command(args.cmd, env)
+        return run_command(args.cmd, env, args.parent)
     finally:
+        kill_descendants(proc_fd, exclude=frozenset([daemon.pid]) if daemon else frozenset())
         if daemon is not None:
             stop_daemon(daemon)
 
