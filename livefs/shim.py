@@ -2,7 +2,7 @@
 
 livefs.tools writes one small launcher per tool (insmod, rmmod, modprobe,
 modinfo, lsmod, dmesg) that calls :func:`main` with its name.  It talks to the mock through files
-only: /sys/module, /dev/kmsg and the mock's control files under
+only: /sys/module, /proc/modules, /dev/kmsg and the mock's control files under
 /sys/kernel/debug/livefs (below $LIVEFS_ROOT, "/" inside livefs run).  Output
 texts and exit codes are those of kmod 30 and util-linux.  Standard library
 only, so a launcher starts quickly.
@@ -219,10 +219,21 @@ def kmod_fields(info):
 
 
 def lsmod(argv):
+    """kmod's lsmod: /proc/modules (which any user may read), holders
+    from /sys/module/<name>/holders."""
+    try:
+        text = read(p("proc/modules"))
+    except OSError as e:
+        err(f"lsmod: ERROR: could not open '/proc/modules': {e.strerror}")
+        return 1
     print("Module                  Size  Used by")
-    for line in read(os.path.join(CTL, "modules")).splitlines():
-        name, size, refs, holders = line.split()[:4]
-        tail = "" if holders == "-" else " " + holders
+    for line in text.splitlines():
+        name, size, refs = line.split()[:3]
+        try:
+            holders = sorted(os.listdir(p("sys/module", name, "holders")))
+        except OSError:
+            holders = []
+        tail = " " + ",".join(holders) if holders else ""
         print(f"{name:<19} {int(size):>8}  {refs}{tail}")
     return 0
 
@@ -248,12 +259,27 @@ def dmesg(argv):
     clear_only = "-C" in argv or "--clear" in argv
     notime = "-t" in argv or "--notime" in argv
     ctl_clear = os.path.join(CTL, "kmsg_clear_seq")
+
+    def clear():
+        try:
+            with open(ctl_clear, "w") as f:
+                f.write("1")
+            return 0
+        except OSError:  # syslog(SYSLOG_ACTION_CLEAR) wants CAP_SYSLOG
+            err(f"dmesg: klogctl failed: {os.strerror(errno.EPERM)}")
+            return 1
+
     if clear_only:
-        with open(ctl_clear, "w") as f:
-            f.write("1")
-        return 0
-    start = int(read(ctl_clear))
-    fd = os.open(p("dev/kmsg"), os.O_RDONLY | os.O_NONBLOCK)
+        return clear()
+    try:
+        fd = os.open(p("dev/kmsg"), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:  # dmesg_restrict: util-linux falls back to syslog(2), refused too
+        err(f"dmesg: read kernel buffer failed: {e.strerror}")
+        return 1
+    try:
+        start = int(read(ctl_clear))
+    except OSError:
+        start = 0  # the clear mark is root's to see: an unprivileged reader gets the whole buffer
     out = []
     try:
         while True:
@@ -278,10 +304,7 @@ def dmesg(argv):
         os.close(fd)
     if out:
         sys.stdout.write("\n".join(out) + "\n")
-    if clear_after:
-        with open(ctl_clear, "w") as f:
-            f.write("1")
-    return 0
+    return clear() if clear_after else 0
 
 
 TOOLS = {"insmod": insmod, "rmmod": rmmod, "modprobe": modprobe, "modinfo": modinfo,

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -327,3 +328,69 @@ def test_proc_overlay_fails_loudly_instead_of_dropping_host_processes(monkeypatc
         list(proc.listing(req))
     assert info.value.errno == 12
     assert len(calls) == hostproc.HOST_RETRIES
+
+
+def test_tainted_only_grows_and_only_for_root(public_mnt):
+    """proc_taint(): CAP_SYS_ADMIN to write, a number (strtoul base 0), OR-ed in."""
+    node = public_mnt / "proc/sys/kernel/tainted"
+    assert sh(f"stat -c '%a %u' {node}").stdout == "644 0\n"
+    before = int(node.read_text())
+    r = as_nobody(f"echo 64 > {node}")  # proc_sys_permission() refuses the open
+    assert r.stderr.endswith("tainted: Permission denied\n") and int(node.read_text()) == before
+    for bad in ("x", "-1", "64x", "''"):
+        r = sh(f"echo {bad} > {node}")
+        assert "write error: Invalid argument" in r.stderr, bad
+    assert int(node.read_text()) == before
+    assert sh(f"echo 0x40 > {node}").returncode == 0  # TAINT_USER
+    assert int(node.read_text()) == before | 64
+    assert sh(f"echo 0 > {node}").returncode == 0  # accepted, clears nothing
+    assert int(node.read_text()) == before | 64
+    assert sh(f"echo {1 << 40} > {node}").returncode == 0  # no such flag: ignored
+    assert int(node.read_text()) == before | 64
+
+
+SHIM = "import sys; from livefs.shim import main; sys.exit(main(sys.argv[1], sys.argv[2:]))"
+
+
+def test_proc_modules_hides_addresses_from_users(public_mnt):
+    r = subprocess.run([sys.executable, "-c", SHIM, "modprobe", "test_klp_livepatch"], capture_output=True,
+                       text=True, env={**os.environ, "LIVEFS_ROOT": str(public_mnt)})
+    assert r.returncode == 0, r.stderr
+    line = sh(f"cat {public_mnt}/proc/modules").stdout
+    name, size, refs, users, state, addr, flags = line.split()
+    assert (name, refs, users, state, flags) == ("test_klp_livepatch", "1", "-", "Live", "(OEK)"), line
+    assert int(addr, 16) != 0 and len(addr) == 18
+    theirs = as_nobody(f"cat {public_mnt}/proc/modules").stdout
+    assert theirs == line.replace(addr, "0x0000000000000000")
+
+
+@pytest.fixture
+def public_shim():
+    """The stand-ins, importable by any user (the checkout may be private)."""
+    import shutil
+    import livefs
+    where = Path(tempfile.mkdtemp(prefix="livefs-shim-"))
+    shutil.copytree(Path(livefs.__file__).parent, where / "livefs",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (where / "tool.py").write_text(SHIM + "\n")
+    for path in [where, *where.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def test_lsmod_and_dmesg_as_a_user(public_mnt, public_shim):
+    def tool(name: str, *args: str) -> subprocess.CompletedProcess:
+        return as_nobody(f"LIVEFS_ROOT={public_mnt} /usr/bin/python3 {public_shim}/tool.py {name} {' '.join(args)}")
+
+    r = tool("lsmod")
+    assert (r.returncode, r.stdout) == (0, "Module                  Size  Used by\n"), r.stderr
+    restricted = Path("/proc/sys/kernel/dmesg_restrict").read_text().strip() != "0"
+    r = tool("dmesg")
+    if restricted:  # the host would refuse this user its log: so does the mock
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", "dmesg: read kernel buffer failed: Operation not permitted\n")
+    else:
+        assert r.returncode == 0 and "Linux version" in r.stdout, r.stderr
+    r = tool("dmesg", "-C")
+    assert (r.returncode, r.stderr) == (1, "dmesg: klogctl failed: Operation not permitted\n")
+    assert sh(f"cat {public_mnt}/sys/kernel/debug/livefs/kmsg_clear_seq").stdout == "0\n"

@@ -47,13 +47,6 @@ def _delete_module(req: Request, data: bytes) -> int:
     return req.kernel.delete_module(name)
 
 
-def _modules(req: Request) -> str:
-    lines = []
-    for mod in reversed(list(req.kernel.modules.modules.values())):
-        lines.append(f"{mod.name} {mod.defn.size} {mod.refcnt} - {mod.state.value.capitalize()}")
-    return "".join(line + "\n" for line in lines)
-
-
 def _clear_store(req: Request, data: bytes) -> int:
     req.kernel.printk.clear_seq = req.kernel.printk.next_seq
     return 0
@@ -76,7 +69,6 @@ def debug_dir(tracing: Dir) -> Dir:
         ("init_module", Attr(perm=0o222, st_size=0, store=_init_module, store_max=1 << 28,
                              gathered=True, gate=_root_only)),
         ("delete_module", Attr(perm=0o222, st_size=0, store=_delete_module)),
-        ("modules", Attr(perm=0o444, st_size=0, show=_modules)),
         ("kmsg_clear_seq", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.printk.clear_seq}\n",
                                 store=_clear_store)),
         ("catalog", Attr(perm=0o444, st_size=0, show=lambda r: "".join(f"{n}\n" for n in catalog()))),

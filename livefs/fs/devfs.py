@@ -9,6 +9,7 @@ import attrs
 
 from livefs.kernel.printk import LogRecord
 
+from .hostproc import host_dmesg_restrict
 from .tree import Dir, Request, Stream
 
 PRINTKRB_RECORD_MAX = 1024
@@ -58,6 +59,10 @@ class KmsgHandle:
 
 
 def _open_kmsg(req: Request, flags: int) -> KmsgHandle:
+    # devkmsg_open(): writers need nothing; readers pass the syslog check,
+    # which with dmesg_restrict wants CAP_SYSLOG
+    if flags & os.O_ACCMODE != os.O_WRONLY and req.uid != 0 and host_dmesg_restrict():
+        raise OSError(errno.EPERM, "dmesg_restrict")
     return KmsgHandle(req.kernel.printk.first_seq(), bool(flags & os.O_NONBLOCK))
 
 

@@ -56,6 +56,17 @@ def host_euid(pid: int) -> int:
     return 0
 
 
+def host_dmesg_restrict() -> bool:
+    """The host's kernel.dmesg_restrict, which the mock's /dev/kmsg obeys as
+    the host's does: a reader the host would refuse is refused.  Unreadable
+    counts as restricted."""
+    try:
+        with open(f"{HOST_PROC}/sys/kernel/dmesg_restrict", "rb") as f:
+            return int(f.read().strip() or b"1") != 0
+    except (OSError, ValueError):
+        return True
+
+
 HOST_RETRIES = 3
 T = TypeVar("T")
 

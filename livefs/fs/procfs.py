@@ -6,6 +6,8 @@ import errno
 import re
 from typing import Iterable
 
+from livefs.kernel.modules import ModuleState
+from livefs.kernel.panic import add_taint_mask
 from livefs.kernel.tasks import Task
 
 from .tree import Attr, Dir, Node, Request, Symlink
@@ -41,6 +43,39 @@ def _lookup_pid(req: Request, name: str) -> Node | None:
     return _task_dir(task) if task is not None else None
 
 
+_DOULONG = re.compile(rb"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)(?:\s.*)?\Z", re.DOTALL)
+
+
+def parse_doulong(data: bytes) -> int | None:
+    """proc_doulongvec_minmax() for a single value: C's strtoul with base 0,
+    ended by whitespace or the end; a sign or anything else is EINVAL."""
+    m = _DOULONG.match(data)
+    if m is None:
+        return None
+    digits = m.group(1)
+    base = 16 if digits[:2] in (b"0x", b"0X") else 8 if digits.startswith(b"0") else 10
+    value = int(digits, base)
+    return value if value < 1 << 64 else None
+
+
+def _tainted_store(req: Request, data: bytes) -> int:
+    """proc_taint(): CAP_SYS_ADMIN only, and taint is never cleared."""
+    if req.uid != 0:
+        return -errno.EPERM
+    value = parse_doulong(data)
+    if value is None:
+        return -errno.EINVAL
+    add_taint_mask(req.kernel, value)
+    return 0
+
+
+def _proc_modules(req: Request) -> str:
+    # kallsyms_show_value(): addresses for the privileged, zeros for others
+    return "".join(mod.proc_modules_line(show_address=req.uid == 0) + "\n"
+                   for mod in reversed(list(req.kernel.modules.modules.values()))
+                   if mod.state is not ModuleState.UNFORMED)
+
+
 def _ftrace_enabled_store(req: Request, data: bytes) -> int:
     value = parse_dointvec(data)
     if value is None:
@@ -52,7 +87,8 @@ def proc_dir() -> Dir:
     sys_kernel = Dir(perm=0o555, entries=lambda req: [
         ("ftrace_enabled", Attr(perm=0o644, st_size=0, show=lambda r: f"{int(r.kernel.ftrace.enabled)}\n",
                                 store=_ftrace_enabled_store)),
-        ("tainted", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.modules.tainted}\n")),
+        ("tainted", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.modules.tainted}\n",
+                         store=_tainted_store)),
     ])
     sys_dir = Dir(perm=0o555, entries=lambda req: [("kernel", sys_kernel)])
 
@@ -61,6 +97,7 @@ def proc_dir() -> Dir:
         yield "cmdline", Attr(st_size=0, show=lambda r: k.call(r.task, "vmlinux", "cmdline_proc_show"))
         yield "meminfo", Attr(st_size=0, show=lambda r: k.call(r.task, "vmlinux", "meminfo_proc_show"))
         yield "kallsyms", Attr(st_size=0, show=lambda r: r.kernel.kallsyms())
+        yield "modules", Attr(st_size=0, show=_proc_modules)
         yield "self", Symlink(target=lambda r: str(r.task.tgid))
         yield "sys", sys_dir
         for name, (_, mode, show) in list(k.proc_entries.items()):

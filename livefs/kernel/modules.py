@@ -125,6 +125,7 @@ class Module:
     taints: set[int] = attrs.field(factory=set)
     klp_alive: bool = False
     ctx: ModuleContext = attrs.field(default=None)
+    base: int = 0  # where its text would be (synthetic, like /proc/kallsyms)
 
     def __repr__(self) -> str:
         return f"<Module {self.name}>"
@@ -137,6 +138,14 @@ class Module:
     def taint_letters(self) -> str:
         return "".join(TAINT_LETTERS[b] for b in sorted(self.taints))
 
+    def proc_modules_line(self, show_address: bool) -> str:
+        """This module's line of /proc/modules (kernel/module/procfs.c m_show)."""
+        users = "[permanent]," if self.defn.init is not None and self.defn.exit is None else "-"
+        state = {ModuleState.GOING: "Unloading", ModuleState.COMING: "Loading"}.get(self.state, "Live")
+        flags = self.taint_letters + {ModuleState.GOING: "-", ModuleState.COMING: "+"}.get(self.state, "")
+        line = f"{self.name} {self.defn.size} {self.refcnt} {users} {state} 0x{self.base if show_address else 0:016x}"
+        return line + (f" ({flags})" if self.taints else "")
+
 
 @attrs.define(eq=False)
 class ModuleLoader:
@@ -145,6 +154,7 @@ class ModuleLoader:
     tainted: int = 0
     last_error: str | None = None  # why the last definition was refused (not a kernel message)
     _taint_once: set[int] = attrs.field(factory=set)
+    _loads: int = 0
 
     def get(self, name: str) -> Module | None:
         return self.modules.get(name)
@@ -175,7 +185,8 @@ class ModuleLoader:
         name = defn.name
         if name in self.modules:
             return -errno.EEXIST
-        mod = Module(defn)
+        self._loads += 1
+        mod = Module(defn, base=0xFFFFFFFFC0000000 + 0x10000 * self._loads)
         mod.ctx = ModuleContext(self.k, mod)
         for decl in defn.params:
             mod.params[decl.name] = ParamValue(decl, list(decl.default) if isinstance(decl.default, list) else decl.default)

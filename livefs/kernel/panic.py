@@ -36,6 +36,12 @@ def taint_string(k: "Kernel") -> str:
     return "".join(on if mask & (1 << bit) else off for bit, (on, off, _) in enumerate(TAINT_FLAGS[:_flag_count(k)]))
 
 
+def add_taint_mask(k: "Kernel", mask: int) -> None:
+    """What a write to /proc/sys/kernel/tainted does: taint only grows, and
+    only by the flags this kernel knows."""
+    k.modules.tainted |= mask & ((1 << _flag_count(k)) - 1)
+
+
 def dump_stack(k: "Kernel") -> list[str]:
     task = k.current
     comm, pid = (task.comm, task.pid) if task else ("swapper/0", 0)
