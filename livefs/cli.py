@@ -14,7 +14,7 @@ from pathlib import Path
 from livefs import __version__
 from livefs.kernel.version import KernelVersion
 
-from .runtime.mounts import (MountError, check_alive, fuse_device_problem, is_livefs_mount, start_daemon,
+from .runtime.mounts import (MountError, canonical, check_alive, fuse_device_problem, is_livefs_mount, start_daemon,
                              stop_daemon)
 from .runtime.paths import PathError, mountpoints_dir, sweep_stale_runs
 
@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise MountError("unshare (util-linux) is required for livefs run")
     inner = [sys.executable, "-m", "livefs.runtime.namespace", "--parent", str(os.getpid())]
     if args.mount_dir is not None:
-        mnt = Path(args.mount_dir).resolve()
+        mnt = canonical(Path(args.mount_dir))
         check_alive(mnt)
         inner += ["--mount", str(mnt)]
     else:

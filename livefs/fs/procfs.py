@@ -10,7 +10,10 @@ from livefs.kernel.modules import ModuleState
 from livefs.kernel.panic import add_taint_mask
 from livefs.kernel.tasks import Task
 
+from .hostproc import host_euid
 from .tree import Attr, Dir, Node, Request, Symlink
+
+TASK_COMM_LEN = 16
 
 _DOINTVEC = re.compile(rb"\s*(-?\d+)\s*\Z")
 
@@ -23,13 +26,28 @@ def parse_dointvec(data: bytes) -> int | None:
 
 def _task_dir(task: Task) -> Dir:
     def stack(req: Request) -> str:
+        if req.uid != 0:  # proc_pid_stack() wants CAP_SYS_ADMIN, whoever owns the file
+            raise OSError(errno.EACCES, "stack")
         return "".join(f"[<0>] {f.name}+0x0/0x{f.size:x}{'' if f.obj == 'vmlinux' else f' [{f.obj}]'}\n"
                        for f in reversed(task.stack))
 
+    def comm_write(req: Request, data: bytes) -> int:
+        """comm_write(): a process may rename its own threads only; the name is
+        the first TASK_COMM_LEN - 1 bytes, up to a NUL, newline and all."""
+        if req.kernel.tasks.get(task.pid) is not task:
+            return -errno.ESRCH
+        if req.task.tgid != task.tgid:
+            return -errno.EINVAL
+        task.comm = data[:TASK_COMM_LEN - 1].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        return 0
+
+    def owner(req: Request) -> int:  # procfs: the process's files are its own
+        return host_euid(task.pid)
+
     files: list[tuple[str, Node]] = [
-        ("comm", Attr(perm=0o644, st_size=0, show=lambda req: f"{task.comm}\n")),
-        ("patch_state", Attr(perm=0o400, st_size=0, show=lambda req: f"{task.patch_state}\n")),
-        ("stack", Attr(perm=0o400, st_size=0, show=stack)),
+        ("comm", Attr(perm=0o644, st_size=0, show=lambda req: f"{task.comm}\n", store=comm_write, owner=owner)),
+        ("patch_state", Attr(perm=0o400, st_size=0, show=lambda req: f"{task.patch_state}\n", owner=owner)),
+        ("stack", Attr(perm=0o400, st_size=0, show=stack, owner=owner)),
     ]
     thread = Dir(perm=0o555, entries=lambda req: files)  # model tasks are single-threaded
     tasks = Dir(perm=0o555, entries=lambda req: [(str(task.pid), thread)])

@@ -21,7 +21,7 @@ class MountError(Exception):
 
 
 def _state(mountpoint: Path) -> Path:
-    key = hashlib.sha1(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+    key = hashlib.sha1(str(canonical(mountpoint)).encode()).hexdigest()[:16]
     try:
         return state_dir() / key
     except PathError as exc:
@@ -38,18 +38,35 @@ def _unescape(field: str) -> str:
     return field
 
 
-def mount_entry(path: Path) -> tuple[str, str] | None:
-    """(source, fstype) of the topmost mount at ``path``, or None."""
-    target = os.path.realpath(path)
-    found = None
+def _mount_table() -> list[tuple[str, str, str]]:
+    """(source, target, fstype) of every mount, in mount order."""
     try:
         with open("/proc/self/mounts") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 3 and _unescape(fields[1]) == target:
-                    found = (_unescape(fields[0]), fields[2])
+            return [(_unescape(fields[0]), _unescape(fields[1]), fields[2])
+                    for fields in (line.split() for line in f) if len(fields) >= 3]
     except OSError:
-        return None
+        return []
+
+
+def canonical(path: Path) -> Path:
+    """The absolute path of ``path`` without looking at ``path`` itself when it
+    is a mount point: a look (realpath's lstat) would be a request to a daemon
+    that may be stopped or gone.  A mount point is never a symlink: the mount
+    table holds resolved paths."""
+    path = Path(os.path.abspath(path))
+    near = Path(os.path.realpath(path.parent)) / path.name
+    if any(target == str(near) for _, target, _ in _mount_table()):
+        return near
+    return Path(os.path.realpath(path))
+
+
+def mount_entry(path: Path) -> tuple[str, str] | None:
+    """(source, fstype) of the topmost mount at ``path``, or None."""
+    target = str(canonical(path))
+    found = None
+    for source, where, fstype in _mount_table():
+        if where == target:
+            found = (source, fstype)
     return found
 
 
@@ -74,6 +91,10 @@ def check_alive(path: Path) -> None:
     """Raise the user-facing error for a livefs mount whose daemon is gone or wedged."""
     if not is_livefs_mount(path):
         raise MountError(f"{path}: not a livefs mount")
+    pid = _daemon_pid(_state(path), path)
+    if pid is not None and _stopped(pid):  # a look through the mount would wait for it forever
+        raise MountError(f"{path}: the livefs daemon (pid {pid}) is stopped; "
+                         f"continue it with kill -CONT {pid}, or run livefs umount {path}")
     try:
         os.stat(path / "sys/kernel/livepatch")
     except OSError as exc:
@@ -144,7 +165,7 @@ def _daemon_pid(state: Path, mountpoint: Path) -> int | None:
             argv = f.read().split(b"\0")
     except (OSError, ValueError):
         return None
-    ours = b"livefs" in argv and b"--foreground" in argv and os.fsencode(str(mountpoint.resolve())) in argv
+    ours = b"livefs" in argv and b"--foreground" in argv and os.fsencode(str(canonical(mountpoint))) in argv
     return pid if ours else None
 
 
@@ -160,6 +181,7 @@ def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
     if pid is not None:
         # libfuse's SIGTERM handler ends the loop (blocked readers get EINTR) and unmounts
         os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)  # a stopped daemon acts on it too
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.02)
@@ -173,6 +195,16 @@ def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
     _forget(state)
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: still mounted after umount")
+
+
+def _stopped(pid: int) -> bool:
+    """Stopped by a signal or a tracer (state T or t in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return raw[raw.rindex(b")") + 2:][:1] in (b"T", b"t")
+    except (OSError, ValueError):
+        return False
 
 
 def _forget(state: Path) -> None:
