@@ -22,3 +22,29 @@ def test_live_mount_matches_model_twin(livefs_mount, tmp_path):
             max_examples=8, stateful_step_count=15, deadline=None, database=None))
     finally:
         LiveTwinMachine.mount = LiveTwinMachine.modules = None
+
+
+def test_twin_runs_each_command_as_its_caller(livefs_mount, tmp_path):
+    """The two paths the twin once got wrong, run on purpose: a dump_stack
+    names the live caller (its pid, its comm), and a late module whose
+    pre-patch callback returns a positive value loads as far as kmod can tell
+    (init_module(2) returns it, and kmod fails only on a negative return)."""
+    modules = tmp_path / "test_modules"
+    subprocess.run([sys.executable, "-m", "livefs", "modules", "export", str(modules)], check=True,
+                   capture_output=True)
+    LiveTwinMachine.mount, LiveTwinMachine.modules = livefs_mount, modules
+    try:
+        m = LiveTwinMachine()
+        m.insmod(name="test_klp_callbacks_demo", params="pre_patch_ret=1")
+        assert any(" Comm: insmod " in r.text for r in m.twin.k.printk.records)
+        m.logs_identical()
+        m.trees_identical()
+        m = LiveTwinMachine()
+        m.insmod(name="test_klp_callbacks_demo", params="")
+        m.echo_param(value="1")
+        m.insmod(name="test_klp_callbacks_mod", params="")
+        assert "test_klp_callbacks_mod" not in m.twin.k.modules.modules
+        m.logs_identical()
+        m.trees_identical()
+    finally:
+        LiveTwinMachine.mount = LiveTwinMachine.modules = None

@@ -36,8 +36,7 @@ def _init_module(req: Request, data: bytes) -> int:
     if defn is None:
         req.kernel.modules.last_error = why
         return err
-    with req.kernel.in_function("vmlinux", "load_module"):
-        return req.kernel.load_module(defn, args.decode("utf-8", "replace"))
+    return req.kernel.load_module(defn, args.decode("utf-8", "replace"))
 
 
 def _delete_module(req: Request, data: bytes) -> int:

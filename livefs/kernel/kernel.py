@@ -320,7 +320,9 @@ class Kernel:
 
     # -- modules ---------------------------------------------------------------------
     def load_module(self, defn: ModuleDef, args: str = "") -> int:
-        return self.modules.load(defn, args)
+        """init_module(2), from the caller's syscall (its stack shows load_module)."""
+        with self.in_function(VMLINUX, "load_module"):
+            return self.modules.load(defn, args)
 
     def delete_module(self, name: str) -> int:
         return self.modules.delete(name)

@@ -12,10 +12,12 @@ kernel log must be identical.  Set :attr:`LiveTwinMachine.mount` and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -23,7 +25,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from livefs.catalog import find
 from livefs.fs.root import build_root
 from livefs.fs.tree import Attr, Dir, Request, SnapshotHandle, Symlink, resolve
+from livefs.fs.hostproc import host_process_info
 from livefs.kernel.kernel import Kernel
+from livefs.kernel.tasks import Task
 from livefs.tools import tools_dir
 
 MODULES = ("test_klp_livepatch", "test_klp_atomic_replace", "test_klp_callbacks_demo", "test_klp_callbacks_mod",
@@ -38,36 +42,56 @@ def _errno_text(code: int) -> str:
 
 
 class Twin:
-    """The pure model, read and written through the same tree as the mount."""
+    """The pure model, read and written through the same tree as the mount.
 
-    def __init__(self) -> None:
+    ``pid`` and ``comm`` name the reader of the tree (for a twin of a live
+    mount: the process that reads the mount, as the live model sees it)."""
+
+    def __init__(self, pid: int = 700_000, comm: str = "bash", ppid: int = 0) -> None:
         self.k = Kernel(ncpus=1)
         self.root = build_root()
-        self.task = self.k.task_for(700_000, "bash")
+        self.task = self.k.task_for(pid, comm, ppid=ppid, tgid=pid)
 
-    def req(self) -> Request:
-        return Request(self.k, self.task)
+    def req(self, task: Task | None = None) -> Request:
+        return Request(self.k, task or self.task)
 
-    def read(self, path: str) -> tuple[bytes | None, int]:
-        with self.k.syscall(self.task):
-            node = resolve(self.root, self.req(), path)
+    @contextlib.contextmanager
+    def caller(self, pid: int, comm: str) -> Iterator[Task]:
+        """A child of the reader making one system call and exiting, as a
+        command that the live side ran (its pid, its comm after exec)."""
+        task = self.k.task_for(pid, comm, ppid=self.task.pid, tgid=pid)
+        try:
+            with self.k.syscall(task):
+                yield task
+        finally:
+            self.k.exit_task(pid)
+
+    def read(self, path: str, task: Task | None = None) -> tuple[bytes | None, int]:
+        req = self.req(task)
+        with contextlib.ExitStack() as stack:
+            if task is None:
+                stack.enter_context(self.k.syscall(self.task))
+            node = resolve(self.root, req, path)
             if node is None:
                 return None, errno.ENOENT
             if isinstance(node, Dir):
                 return None, errno.EISDIR
             if not isinstance(node, Attr) or node.show is None or not node.perm & 0o444:
                 return None, errno.EACCES
-            return node.open(self.req(), os.O_RDONLY).read(self.req(), 1 << 20, 0), 0
+            return node.open(req, os.O_RDONLY).read(req, 1 << 20, 0), 0
 
-    def write(self, path: str, data: bytes) -> tuple[int, bool]:
+    def write(self, path: str, data: bytes, task: Task | None = None) -> tuple[int, bool]:
         """(errno, failed at open)."""
-        with self.k.syscall(self.task):
-            node = resolve(self.root, self.req(), path)
+        req = self.req(task)
+        with contextlib.ExitStack() as stack:
+            if task is None:
+                stack.enter_context(self.k.syscall(self.task))
+            node = resolve(self.root, req, path)
             if node is None:
                 return errno.ENOENT, True
             if not isinstance(node, Attr) or node.store is None or not node.perm & 0o222:
                 return errno.EACCES, True
-            ret = SnapshotHandle(node, b"").write(self.req(), data)
+            ret = SnapshotHandle(node, b"").write(req, data)
             return (-ret if ret < 0 else 0), False
 
     def dump(self) -> dict[str, bytes | str]:
@@ -135,26 +159,38 @@ class LiveTwinMachine(RuleBasedStateMachine):
         super().__init__()
         assert self.mount is not None and self.modules is not None, "set LiveTwinMachine.mount and .modules"
         (self.mount / "sys/kernel/debug/livefs/reboot").write_text("1")
-        self.twin = Twin()
+        # the live model knows this process (it reads the mount) by its host identity
+        comm, ppid, _ = host_process_info(os.getpid())
+        self.twin = Twin(os.getpid(), comm, ppid)
+
+    def _run(self, script: str) -> tuple[subprocess.CompletedProcess, int]:
+        """A command run live, and its pid: ``script`` runs in a shell that
+        first says its pid (exec keeps it)."""
+        r = bash(f"echo $$; {script}", self.mount)
+        pid, _, rest = r.stdout.partition("\n")
+        r.stdout = rest
+        return r, int(pid)
 
     def _patches(self) -> list[str]:
         return [p.name for p in self.twin.k.livepatch.sysfs_patches]
 
     @rule(name=st.sampled_from(MODULES), params=st.sampled_from(PARAMS))
     def insmod(self, name: str, params: str) -> None:
-        r = bash(f"insmod {self.modules}/{name}.ko {params}", self.mount)
-        with self.twin.k.syscall(self.twin.task):
+        r, pid = self._run(f"exec insmod {self.modules}/{name}.ko {params}")
+        with self.twin.caller(pid, "insmod"):
             ret = self.twin.k.load_module(find(name), params)
-        assert (r.returncode == 0) == (ret == 0), (r.stderr, ret)
+        # kmod takes any init_module() return that is not negative as success
+        # (a late module's positive pre-patch callback return reaches it so)
+        assert (r.returncode == 0) == (ret >= 0), (r.stderr, ret)
 
     @precondition(lambda self: self.twin.k.modules.modules)
     @rule(data=st.data())
     def rmmod(self, data) -> None:
         name = data.draw(st.sampled_from(sorted(self.twin.k.modules.modules)))
-        r = bash(f"rmmod {name}", self.mount)
+        r, pid = self._run(f"exec rmmod {name}")
         busy = self.twin.k.modules.get(name).refcnt > 0
         if not busy:
-            with self.twin.k.syscall(self.twin.task):
+            with self.twin.caller(pid, "rmmod"):
                 assert self.twin.k.delete_module(name) == 0
         assert (r.returncode, r.stderr) == ((1, f"rmmod: ERROR: Module {name} is in use\n") if busy else (0, ""))
 
@@ -177,9 +213,10 @@ class LiveTwinMachine(RuleBasedStateMachine):
 
     def _echo(self, rel: str, value: str) -> None:
         path = self.mount / rel
-        r = bash(f"echo {value!r} > {path}" if value else f"echo -n '' > {path}", self.mount)
+        r, pid = self._run(f"echo {value!r} > {path}" if value else f"echo -n '' > {path}")
         data = (value + "\n").encode() if value else b""
-        code, at_open = self.twin.write(rel, data)
+        with self.twin.caller(pid, "bash") as task:
+            code, at_open = self.twin.write(rel, data, task)
         if code == 0:
             expected = ""
         elif at_open:
@@ -190,8 +227,9 @@ class LiveTwinMachine(RuleBasedStateMachine):
 
     @rule(rel=st.sampled_from(["proc/cmdline", "proc/sys/kernel/ftrace_enabled", "proc/sys/kernel/tainted"]))
     def cat(self, rel: str) -> None:
-        r = bash(f"cat {self.mount / rel}", self.mount)
-        content, code = self.twin.read(rel)
+        r, pid = self._run(f"exec cat {self.mount / rel}")
+        with self.twin.caller(pid, "cat") as task:
+            content, code = self.twin.read(rel, task)
         assert r.stdout.encode() == (content or b"") and r.returncode == (0 if code == 0 else 1)
 
     @invariant()
