@@ -9,11 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from hypothesis import settings
+
 from livefs.catalog import find
 from livefs.kernel.kernel import Kernel
 from livefs.kernel.printk import KERN_DEBUG
 from livefs.kernel.tasks import Task
 from livefs.testing.plugin import require_fuse as _require_fuse
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Our suite runs the deterministic profile unless told otherwise
+    (``--hypothesis-profile livefs-thorough`` hunts with random seeds)."""
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile("livefs-ci")
 
 REPO = Path(__file__).resolve().parents[1]
 

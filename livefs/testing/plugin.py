@@ -20,7 +20,10 @@ from hypothesis import HealthCheck, settings
 
 from livefs.kernel.kernel import Kernel
 
-settings.register_profile("livefs-ci", max_examples=40, stateful_step_count=30, deadline=None,
+# CI: the same examples on every run (derandomize, no database), so that a red
+# or green CI is never chance; thorough: random, long, for hunting
+settings.register_profile("livefs-ci", max_examples=100, stateful_step_count=30, deadline=None,
+                          derandomize=True, database=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("livefs-thorough", max_examples=2000, stateful_step_count=100, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
