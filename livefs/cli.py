@@ -164,7 +164,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runtime.reaper import become_subreaper, kill_descendants, open_proc
+    from .runtime.reaper import become_subreaper, kill_descendants
     from .runtime.rootless import userns_problem
     cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
     if not cmd:
@@ -205,11 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-            proc_fd = open_proc()
-            try:
-                kill_descendants(proc_fd)
-            finally:
-                os.close(proc_fd)
+            kill_descendants()
         return rc if rc >= 0 else 128 - rc
     finally:
         try:

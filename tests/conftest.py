@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,26 @@ def sh(script: str, env: dict | None = None, cwd: Path | None = None) -> subproc
     full_env.update(env or {})
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=full_env, cwd=cwd,
                           timeout=120)
+
+
+def pgrep(pattern: str) -> list[int]:
+    """Pids whose command line matches ``pattern`` (pgrep -f)."""
+    out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def wait_for(pattern: str, present: bool, timeout: float = 10) -> bool:
+    """Poll until a process matching ``pattern`` exists (or none does); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if bool(pgrep(pattern)) == present:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def daemon_pid(target: Path) -> int:
+    """The one mount daemon serving ``target``."""
+    pids = pgrep(f"livefs mount --foreground.*{target}")
+    assert len(pids) == 1, pids
+    return pids[0]

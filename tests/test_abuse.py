@@ -24,7 +24,7 @@ from livefs.testing.live import Twin, live_dump
 
 from livefs.tools import tools_dir
 
-from conftest import sh
+from conftest import daemon_pid, sh
 
 KNOWN_ERRNOS = {errno.EINVAL, errno.EBUSY, errno.ENOENT, errno.ESRCH, errno.EPERM, errno.ENOEXEC,
                 errno.EEXIST, errno.EWOULDBLOCK, errno.ENODEV, errno.EACCES, errno.EIO}
@@ -171,9 +171,7 @@ def test_killed_daemon_is_cleaned_up_by_umount(require_fuse, tmp_path):
     target = tmp_path / "dead"
     target.mkdir()
     assert sh(f"livefs mount --cpus 1 {target}").returncode == 0
-    pid = int(subprocess.run(["pgrep", "-f", f"livefs mount --foreground.*{target}"], capture_output=True,
-                             text=True).stdout.split()[0])
-    os.kill(pid, signal.SIGKILL)
+    os.kill(daemon_pid(target), signal.SIGKILL)
     time.sleep(0.3)
     r = sh(f"cat {target}/proc/cmdline")
     assert "Transport endpoint is not connected" in r.stderr or r.returncode != 0

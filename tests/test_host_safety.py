@@ -15,7 +15,7 @@ import pytest
 from livefs.kernel.params import parse_bool
 from livefs.runtime.paths import mountpoints_dir
 
-from conftest import livefs_cli, sh
+from conftest import livefs_cli, pgrep, sh, wait_for
 
 
 def mounts() -> list[str]:
@@ -147,20 +147,11 @@ def test_sigkill_of_run_leaves_nothing(require_fuse):
         subprocess.run(["pkill", "-KILL", "-f", "sleep 313"])
 
 
-def _wait_gone(pattern: str, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 1:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_background_jobs_end_with_the_run(require_fuse):
     r = livefs_cli("run", "--", "bash", "-c", "sleep 313.7 & echo started")
     try:
         assert (r.returncode, r.stdout) == (0, "started\n"), r.stderr
-        assert _wait_gone("sleep 313.7", timeout=2), "a background job outlived livefs run"
+        assert wait_for("sleep 313.7", present=False, timeout=2), "a background job outlived livefs run"
     finally:
         subprocess.run(["pkill", "-KILL", "-f", "sleep 313.7"])
 
@@ -169,16 +160,13 @@ def test_sigkill_of_the_namespace_runner_leaves_nothing(require_fuse):
     """The runner itself killed: livefs run, a subreaper, ends what it left."""
     proc = subprocess.Popen([sys.executable, "-m", "livefs", "run", "--", "bash", "-c", "sleep 313.8 & sleep 313.9"])
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and \
-                subprocess.run(["pgrep", "-f", "^sleep 313.9"], capture_output=True).returncode:
-            time.sleep(0.05)
-        runner = subprocess.run(["pgrep", "-f", "--", f"--parent {proc.pid}"], capture_output=True, text=True).stdout.split()
+        assert wait_for("^sleep 313.9", present=True, timeout=20)
+        runner = pgrep(f"--parent {proc.pid}")
         assert len(runner) == 1, runner
-        os.kill(int(runner[0]), signal.SIGKILL)
+        os.kill(runner[0], signal.SIGKILL)
         assert proc.wait(10) == 128 + signal.SIGKILL
-        assert _wait_gone("sleep 313.[89]"), "the command or its job outlived the runner"
-        assert _wait_gone(f"run-{proc.pid}-"), "the daemon outlived the runner"
+        assert wait_for("sleep 313.[89]", present=False), "the command or its job outlived the runner"
+        assert wait_for(f"run-{proc.pid}-", present=False), "the daemon outlived the runner"
     finally:
         proc.kill()
         subprocess.run(["pkill", "-KILL", "-f", "sleep 313"])
@@ -191,15 +179,12 @@ def _check_sigkill_leaves_nothing(proc: subprocess.Popen) -> None:
         run_dirs = list(mountpoints_dir().glob(f"run-{proc.pid}-*"))
         time.sleep(0.05)
     assert run_dirs, "livefs run made no scratch directory"
-    while time.monotonic() < deadline and \
-            subprocess.run(["pgrep", "-f", "^sleep 313.5"], capture_output=True).returncode:
-        time.sleep(0.05)  # until the command runs, under the mock
-    children = subprocess.run(["pgrep", "-f", "--", f"--parent {proc.pid}"], capture_output=True, text=True).stdout.split()
-    assert children, "no namespace runner seen"
+    wait_for("^sleep 313.5", present=True, timeout=max(0.0, deadline - time.monotonic()))  # the command runs
+    assert pgrep(f"--parent {proc.pid}"), "no namespace runner seen"
     proc.kill()
     proc.wait()
-    assert _wait_gone(f"run-{proc.pid}-"), "the daemon or the runner outlived livefs run"
-    assert _wait_gone("sleep 313.[45]", timeout=2), "the command or its background job outlived livefs run"
+    assert wait_for(f"run-{proc.pid}-", present=False), "the daemon or the runner outlived livefs run"
+    assert wait_for("sleep 313.[45]", present=False, timeout=2), "the command or its background job outlived livefs run"
     assert not [m for m in mounts() if f"run-{proc.pid}-" in m]
     # the empty scratch directory is swept by the next livefs run
     assert livefs_cli("run", "--", "true").returncode == 0

@@ -61,7 +61,7 @@ class KmsgHandle:
 def _open_kmsg(req: Request, flags: int) -> KmsgHandle:
     # devkmsg_open(): writers need nothing; readers pass the syslog check,
     # which with dmesg_restrict wants CAP_SYSLOG
-    if flags & os.O_ACCMODE != os.O_WRONLY and req.uid != 0 and host_dmesg_restrict():
+    if flags & os.O_ACCMODE != os.O_WRONLY and not req.capable and host_dmesg_restrict():
         raise OSError(errno.EPERM, "dmesg_restrict")
     return KmsgHandle(req.kernel.printk.first_seq(), bool(flags & os.O_NONBLOCK))
 

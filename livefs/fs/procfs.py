@@ -26,7 +26,7 @@ def parse_dointvec(data: bytes) -> int | None:
 
 def _task_dir(task: Task) -> Dir:
     def stack(req: Request) -> str:
-        if req.uid != 0:  # proc_pid_stack() wants CAP_SYS_ADMIN, whoever owns the file
+        if not req.capable:  # proc_pid_stack() wants CAP_SYS_ADMIN, whoever owns the file
             raise OSError(errno.EACCES, "stack")
         return "".join(f"[<0>] {f.name}+0x0/0x{f.size:x}{'' if f.obj == 'vmlinux' else f' [{f.obj}]'}\n"
                        for f in reversed(task.stack))
@@ -78,7 +78,7 @@ def parse_doulong(data: bytes) -> int | None:
 
 def _tainted_store(req: Request, data: bytes) -> int:
     """proc_taint(): CAP_SYS_ADMIN only, and taint is never cleared."""
-    if req.uid != 0:
+    if not req.capable:
         return -errno.EPERM
     value = parse_doulong(data)
     if value is None:
@@ -89,7 +89,7 @@ def _tainted_store(req: Request, data: bytes) -> int:
 
 def _proc_modules(req: Request) -> str:
     # kallsyms_show_value(): addresses for the privileged, zeros for others
-    return "".join(mod.proc_modules_line(show_address=req.uid == 0) + "\n"
+    return "".join(mod.proc_modules_line(show_address=req.capable) + "\n"
                    for mod in reversed(list(req.kernel.modules.modules.values()))
                    if mod.state is not ModuleState.UNFORMED)
 

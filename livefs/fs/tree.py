@@ -31,6 +31,12 @@ class Request:
     task: Task
     uid: int = 0
 
+    @property
+    def capable(self) -> bool:
+        """capable(CAP_*): the model's root holds every capability, and no
+        other user holds any (CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYSLOG ...)."""
+        return self.uid == 0
+
 
 class Handle(Protocol):
     def read(self, req: Request, size: int, offset: int) -> bytes: ...
@@ -53,7 +59,7 @@ class Node:
     def allows(self, req: Request, want: int) -> bool:
         """generic_permission() for the caller: root passes, the owner gets the
         user bits, everyone else the other bits (every file's group is root's)."""
-        if req.uid == 0:
+        if req.capable:
             return True
         bits = self.perm >> 6 if self.uid(req) == req.uid else self.perm
         return bits & want == want

@@ -48,23 +48,24 @@ def _mount_table() -> list[tuple[str, str, str]]:
         return []
 
 
-def canonical(path: Path) -> Path:
+def canonical(path: Path, table: list[tuple[str, str, str]] | None = None) -> Path:
     """The absolute path of ``path`` without looking at ``path`` itself when it
     is a mount point: a look (realpath's lstat) would be a request to a daemon
     that may be stopped or gone.  A mount point is never a symlink: the mount
     table holds resolved paths."""
     path = Path(os.path.abspath(path))
     near = Path(os.path.realpath(path.parent)) / path.name
-    if any(target == str(near) for _, target, _ in _mount_table()):
+    if any(target == str(near) for _, target, _ in (_mount_table() if table is None else table)):
         return near
     return Path(os.path.realpath(path))
 
 
 def mount_entry(path: Path) -> tuple[str, str] | None:
     """(source, fstype) of the topmost mount at ``path``, or None."""
-    target = str(canonical(path))
+    table = _mount_table()
+    target = str(canonical(path, table))
     found = None
-    for source, where, fstype in _mount_table():
+    for source, where, fstype in table:
         if where == target:
             found = (source, fstype)
     return found

@@ -14,6 +14,7 @@ A ``scale`` above 1 runs model time faster than the wall clock.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from typing import Any, Callable
@@ -72,6 +73,10 @@ class ModelOwner:
         return self._stop.is_set()
 
     def _run(self) -> None:
+        # libfuse ends its loop on SIGTERM, SIGINT or SIGHUP only in the thread
+        # that takes the signal (its workers block them all): keep them off
+        # this thread, or a signal that waited (a stopped daemon) may land here
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         try:
             trio.run(self._main)
         except BaseException as exc:  # surfaced by the daemon, never swallowed silently

@@ -63,18 +63,23 @@ def descendants(proc_fd: int, pid: int, exclude: frozenset[int] = frozenset()) -
     return found
 
 
-def kill_descendants(proc_fd: int, exclude: frozenset[int] = frozenset(), rounds: int = 100) -> int:
+def kill_descendants(proc_fd: int | None = None, exclude: frozenset[int] = frozenset(), rounds: int = 100) -> None:
     """SIGKILL everything below this process except ``exclude`` (and what is
-    below them), reaping what becomes ours; the count of processes killed.
-    Several rounds, because a process may fork between our look and our kill."""
-    killed: set[int] = set()
+    below them), reaping what becomes ours.  Several rounds, because a process
+    may fork between our look and our kill.  ``proc_fd``: a handle from
+    :func:`open_proc`, for a caller whose /proc is no longer the real one."""
+    if proc_fd is None:
+        fd = open_proc()
+        try:
+            return kill_descendants(fd, exclude, rounds)
+        finally:
+            os.close(fd)
     me = os.getpid()
     for _ in range(rounds):
         tree = descendants(proc_fd, me, exclude)
         for pid in tree:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
             except ProcessLookupError:
                 pass
         for pid in children(proc_fd, me):
@@ -84,6 +89,5 @@ def kill_descendants(proc_fd: int, exclude: frozenset[int] = frozenset(), rounds
                 except ChildProcessError:
                     pass
         if not tree:
-            break
+            return
         time.sleep(0.01)
-    return len(killed)

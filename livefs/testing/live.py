@@ -66,11 +66,18 @@ class Twin:
         finally:
             self.k.exit_task(pid)
 
+    @contextlib.contextmanager
+    def _request(self, task: Task | None) -> Iterator[Request]:
+        """A request from ``task``, already in a syscall (a caller()), or else
+        from the reader, in a syscall of its own."""
+        if task is not None:
+            yield self.req(task)
+            return
+        with self.k.syscall(self.task):
+            yield self.req()
+
     def read(self, path: str, task: Task | None = None) -> tuple[bytes | None, int]:
-        req = self.req(task)
-        with contextlib.ExitStack() as stack:
-            if task is None:
-                stack.enter_context(self.k.syscall(self.task))
+        with self._request(task) as req:
             node = resolve(self.root, req, path)
             if node is None:
                 return None, errno.ENOENT
@@ -82,10 +89,7 @@ class Twin:
 
     def write(self, path: str, data: bytes, task: Task | None = None) -> tuple[int, bool]:
         """(errno, failed at open)."""
-        req = self.req(task)
-        with contextlib.ExitStack() as stack:
-            if task is None:
-                stack.enter_context(self.k.syscall(self.task))
+        with self._request(task) as req:
             node = resolve(self.root, req, path)
             if node is None:
                 return errno.ENOENT, True
