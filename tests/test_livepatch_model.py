@@ -249,17 +249,37 @@ def test_blocked_transition_retries_each_second_and_completes_when_woken(machine
 
 
 def test_signals_on_sixteenth_attempt_then_every_fifteen(machine):
+    """klp_try_complete_transition() sends signals when the attempts before it
+    number a non-zero multiple of SIGNALS_TIMEOUT (15): attempts 16, 31, 46 …
+    The first attempt is the synchronous one inside the write; the retries
+    come on whole seconds (round_jiffies_relative(HZ)).  The stuck kthread's
+    "is sleeping" debug line counts the attempts, and its wakeup count (what
+    klp_send_signals() does to a kthread) says which attempts signalled."""
     k = machine.k
     machine.insmod(LP)
-    sleeper(machine, "livepatch_cmdline_proc_show", obj=LP)
+    stuck = sleeper(machine, "livepatch_cmdline_proc_show", obj=LP)
+    assert k.dyndbg.exec_queries("func klp_try_switch_task +p") == 0
+    k.advance(NSEC_PER_SEC * 3 // 10 - k.clock.now_ns)  # the write at 0.3 s
     start = k.clock.now_ns
-    machine.write(LP, "enabled", b"0")
-    times = []
-    k.printk.listeners.append(lambda r: times.append(r.ts_ns - start) if "signaling" in r.text else None)
-    k.advance(40 * NSEC_PER_SEC)
-    assert len(times) == 1  # printed once per transition
-    assert 14 * NSEC_PER_SEC <= times[0] <= 16 * NSEC_PER_SEC
-    assert k.livepatch.signals_cnt >= 30
+    attempts: list[tuple[int, int]] = []  # (time since the write, signals so far) per attempt
+    notices: list[int] = []
+
+    def listen(record) -> None:
+        if record.text.endswith(f"{stuck.comm}:{stuck.pid} is sleeping on function cmdline_proc_show"):
+            attempts.append((record.ts_ns - start, stuck.wakeups))
+        elif record.text == "livepatch: signaling remaining tasks":
+            notices.append(len(attempts))
+
+    k.printk.listeners.append(listen)
+    assert machine.write(LP, "enabled", b"0") == 0
+    k.run_until(start + 50 * NSEC_PER_SEC)  # to 50.3 s: attempt 1 at 0.3 s, attempts 2..51 at 1 s .. 50 s
+    first_retry = NSEC_PER_SEC - start
+    assert [t for t, _ in attempts] == [0] + [first_retry + i * NSEC_PER_SEC for i in range(50)]
+    # signals so far, seen at attempt n (1-based): one more after each of 16, 31, 46
+    assert [w for _, w in attempts] == [sum(1 for s in (16, 31, 46) if s < n) for n in range(1, 52)]
+    assert stuck.wakeups == 3
+    assert notices == [16]  # the notice once per transition, in the 16th attempt
+    assert attempts[15][0] == first_retry + 14 * NSEC_PER_SEC
 
 
 def test_force_unpatch_pins_module(machine):
@@ -344,12 +364,24 @@ def test_two_patches_on_one_function_during_transition(machine):
 
 
 def test_fork_inherits_patch_state(machine):
+    """klp_copy_process(): a child is exactly as switched as its parent, not
+    born at the target -- fork from a parent that has not switched yet (it
+    sleeps in the function being patched) gives a pending child at the
+    initial state; fork from one that switched gives a switched child."""
     k = machine.k
-    sleeper(machine, "cmdline_proc_show")
+    parent = k.sched.spawn(TaskKind.USER, "parent", k.vmlinux_func("cmdline_proc_show"))
     machine.insmod(LP)
+    assert k.livepatch.target_state == KLP_PATCHED
+    assert (parent.patch_state, parent.patch_pending) == (KLP_UNPATCHED, True)
+    staged = k.sched.fork(parent)
+    seen = k.task_for(7776, "cat", ppid=parent.pid)  # a real process the model meets
+    for child in (staged, seen):
+        assert (child.patch_state, child.patch_pending) == (KLP_UNPATCHED, True), child
+    # the unswitched child runs the old code, like its parent
+    assert k.call(staged, "vmlinux", "cmdline_proc_show") == ORIGINAL
+    assert machine.shell.patch_state == KLP_PATCHED and not machine.shell.patch_pending
     child = k.task_for(7777, "cat", ppid=machine.shell.pid)
-    assert child.patch_state == machine.shell.patch_state == KLP_PATCHED
-    assert not child.patch_pending
+    assert (child.patch_state, child.patch_pending) == (KLP_PATCHED, False)
 
 
 def test_positive_init_return_keeps_module(machine):
