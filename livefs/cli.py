@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from livefs import __version__
+from livefs.kernel.livepatch.consistency import ConsistencyModel
 from livefs.kernel.version import KernelVersion
 
 from .runtime.mounts import (MountError, canonical, check_alive, fuse_device_problem, is_livefs_mount, start_daemon,
@@ -62,6 +63,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="model seconds per wall-clock second (default 1: the kernel's own cadence)")
     p.add_argument("--cpus", type=_cpus, default=None,
                    help="CPUs of the model machine (default: as many as the host, at most 64)")
+    p.add_argument("--consistency-model", choices=[m.value for m in ConsistencyModel], default="hybrid",
+                   help="how tasks switch: hybrid (the kernel's, default); kgraft, kpatch and immediate "
+                        "exist to show why the kernel does what it does")
+
+
+def _model_args(args: argparse.Namespace) -> list[str]:
+    """What to pass on to a daemon for the model options of ``_common``."""
+    return ["--kernel-version", args.kernel_version, "--scale", str(args.scale),
+            *(["--cpus", str(args.cpus)] if args.cpus else []),
+            *(["--consistency-model", args.consistency_model] if args.consistency_model != "hybrid" else [])]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -97,7 +108,19 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--mount", dest="mount_dir", help="livefs mount to show (default: the real paths inside "
                     "livefs run, else $LIVEFS_ROOT, else mountpoints/default)")
     st.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    st.add_argument("--json", action="store_true", help="the same facts as JSON")
     st.add_argument("--interval", type=_scale, default=0.5, help="seconds between refreshes (default 0.5)")
+
+    tl = sub.add_parser("timeline", help="draw the last (or the running) transition: one lane per task over time")
+    tl.add_argument("--mount", dest="mount_dir", help="livefs mount to read (default as for status)")
+    tl.add_argument("-o", "--output", help="write a picture to FILE.svg (or FILE.png, with matplotlib) "
+                    "instead of text on stdout")
+    tl.add_argument("--back", type=int, default=0, metavar="N",
+                    help="the transition N before the last one (the mount keeps the last 8)")
+    tl.add_argument("--lanes", type=int, default=40, metavar="N",
+                    help="at most N lanes: past that, tasks are grouped by how they switched and only the "
+                         "stragglers keep a lane (default 40)")
+    tl.add_argument("--width", type=int, default=72, help="columns of the text form (default 72)")
 
     se = sub.add_parser("selftest", help="run every test-*.sh in DIR under livefs run and report KTAP")
     se.add_argument("dir")
@@ -139,8 +162,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         check_mountpoint(target)
         print(f"livefs {__version__} serving {target.resolve()} for {scope}; stop it with Ctrl-C or: "
               f"livefs umount {target}", flush=True)
-        return serve(str(target), KernelVersion.parse(args.kernel_version), args.scale, args.cpus)
-    pid = start_daemon(target, args.kernel_version, args.scale, args.cpus)
+        return serve(str(target), KernelVersion.parse(args.kernel_version), args.scale, args.cpus,
+                     ConsistencyModel(args.consistency_model))
+    pid = start_daemon(target, _model_args(args))
     print(f"livefs mounted at {target} for {scope} (daemon pid {pid}); stop it with: livefs umount {target}")
     return 0
 
@@ -180,8 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         problem = fuse_device_problem()
         if problem:
             raise MountError(problem)
-        for arg in ["--kernel-version", args.kernel_version, "--scale", str(args.scale),
-                    *(["--cpus", str(args.cpus)] if args.cpus else [])]:
+        for arg in _model_args(args):
             inner.append(f"--daemon-arg={arg}")
     unshare = ["unshare", "--mount", "--propagation", "private"]
     if os.geteuid() != 0:
@@ -233,6 +256,8 @@ def _status_file(mount_dir: str | None) -> Path:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
     path = _status_file(args.mount_dir)
+    if args.json:
+        path = path.with_name("status.json")
     if not args.watch:
         sys.stdout.write(path.read_text())
         return 0
@@ -248,6 +273,36 @@ def cmd_status(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    import json
+    from . import timeline
+    path = _status_file(args.mount_dir).with_name("transitions.json")
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise MountError(f"{path}: {exc.strerror}") from None
+    records = data["records"]
+    if not records:
+        raise MountError("no transition has happened on this mount yet")
+    if not 0 <= args.back < len(records):
+        raise MountError(f"--back {args.back}: the mount keeps {len(records)} transition(s), 0 to {len(records) - 1}")
+    if args.lanes < 2 or args.width < 20:
+        raise MountError("--lanes must be at least 2 and --width at least 20")
+    lay = timeline.layout(records[-1 - args.back], now_ns=data["now_ns"], max_lanes=args.lanes)
+    if args.output is None:
+        sys.stdout.write(timeline.render_text(lay, args.width))
+    elif args.output.endswith(".svg"):
+        Path(args.output).write_text(timeline.render_svg(lay))
+    elif args.output.endswith(".png"):
+        try:
+            timeline.render_png(lay, args.output)
+        except RuntimeError as exc:
+            raise MountError(str(exc)) from None
+    else:
+        raise MountError(f"{args.output}: name a .svg or .png file")
+    return 0
 
 
 def _in_transition(root: Path) -> bool:
@@ -294,10 +349,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         if not (directory / "test_klp-call_getpid").exists():
             image.export_helpers(directory)
             print(f"livefs: wrote {directory / 'test_klp-call_getpid'}", file=sys.stderr)
-    run_args = ["--kernel-version", args.kernel_version, "--scale", str(args.scale)]
-    if args.cpus:
-        run_args += ["--cpus", str(args.cpus)]
-    return run_selftests(directory, run_args, args.timeout, only=args.tests)
+    return run_selftests(directory, _model_args(args), args.timeout, only=args.tests)
 
 
 def cmd_modules(args: argparse.Namespace) -> int:
@@ -336,7 +388,7 @@ def cmd_modules(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handlers = {"mount": cmd_mount, "umount": cmd_umount, "run": cmd_run, "status": cmd_status,
-                "wait": cmd_wait, "tools": cmd_tools, "demo": cmd_demo, "selftest": cmd_selftest, "modules": cmd_modules}
+                "wait": cmd_wait, "timeline": cmd_timeline, "tools": cmd_tools, "demo": cmd_demo, "selftest": cmd_selftest, "modules": cmd_modules}
     try:
         return handlers[args.command](args)
     except (MountError, PathError) as exc:

@@ -8,7 +8,7 @@ import errno
 
 from livefs.catalog import catalog, image
 
-from livefs.kernel.livepatch.status import render_status
+from livefs.kernel.livepatch.status import render_status, status_json, transitions_json
 
 from . import staging
 from .tracefs import kprobes_dir
@@ -76,6 +76,8 @@ def debug_dir(tracing: Dir) -> Dir:
         ("static_keys", Attr(perm=0o444, st_size=0, show=lambda r: r.kernel.jump_labels.render())),
         ("tasks", Attr(perm=0o600, st_size=0, show=staging.show, store=staging.store)),
         ("transition", Attr(perm=0o444, st_size=0, show=lambda r: render_status(r.kernel))),
+        ("status.json", Attr(perm=0o444, st_size=0, show=lambda r: status_json(r.kernel))),
+        ("transitions.json", Attr(perm=0o444, st_size=0, show=lambda r: transitions_json(r.kernel))),
         ("reboot", Attr(perm=0o200, st_size=0, store=_reboot_store)),
         ("last_error", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.modules.last_error or ''}\n")),
         ("release", Attr(perm=0o444, st_size=0, show=lambda r: f"{r.kernel.version.release}\n")),

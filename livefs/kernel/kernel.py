@@ -19,7 +19,8 @@ from . import panic
 from .jump_label import JumpLabels
 from .text import Text
 from .livepatch import Livepatch
-from .livepatch.transition import klp_copy_process, klp_update_patch_state
+from .livepatch.consistency import ConsistencyModel
+from .livepatch.transition import klp_copy_process, klp_new_task, klp_task_exit, klp_update_patch_state
 from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
 from .printk import KERN_ERR, DynamicDebug, Printk
@@ -113,7 +114,8 @@ def _sys_getpid(call: CallContext) -> int:
 class Kernel:
     def __init__(self, version: KernelVersion = MAINLINE, ncpus: int = 2,
                  cmdline: str = DEFAULT_CMDLINE, boot_ns: int = 0,
-                 meminfo: Callable[[], str] | None = None, pid_base: int = 1000) -> None:
+                 meminfo: Callable[[], str] | None = None, pid_base: int = 1000,
+                 consistency_model: ConsistencyModel = ConsistencyModel.HYBRID) -> None:
         self.version = version
         self.ncpus = ncpus
         self.cmdline = cmdline
@@ -128,7 +130,7 @@ class Kernel:
         self.ftrace = Ftrace(self.text)
         self.jump_labels = JumpLabels(self)
         self.modules = ModuleLoader(self)
-        self.livepatch = Livepatch(self)
+        self.livepatch = Livepatch(self, model=consistency_model)
         self.tracer = FunctionTracer(self)
         self.sched = Scheduler(self)
         self.shadow = ShadowTable(self)
@@ -252,10 +254,13 @@ class Kernel:
             # a process the model meets mid-transition has been in user space
             # (or in unrelated kernel code) all along: every stack check so far
             # would have switched it
-            task.patch_state = self.livepatch.target_state
+            klp_new_task(self.livepatch, task, self.livepatch.target_state, False)
         return self.tasks.add(task)
 
     def exit_task(self, pid: int) -> None:
+        task = self.tasks.get(pid)
+        if task is not None:
+            klp_task_exit(self.livepatch, task)
         self.tasks.remove(pid)
 
     @contextlib.contextmanager

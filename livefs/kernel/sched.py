@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Callable
 import attrs
 
 from .clock import NSEC_PER_MSEC, Work
-from .livepatch.transition import (forbidden_functions, initial_state, klp_copy_process, klp_try_switch_task,
-                                   klp_update_patch_state)
+from .livepatch.consistency import ConsistencyModel
+from .livepatch.record import Cause
+from .livepatch.transition import (forbidden_functions, initial_state, klp_copy_process, klp_new_task,
+                                   klp_task_exit, klp_try_switch_task, klp_update_patch_state)
 from .symbols import KFunc
 from .tasks import RunState, Task, TaskKind
 
@@ -54,22 +56,27 @@ class Scheduler:
         """A new task sleeping in ``func`` (or idle in user space / its kthread loop)."""
         task = Task(self.k.tasks.new_pid(), comm[:15], kind, ppid=2 if kind is TaskKind.KTHREAD else 1,
                     staged=True, interruptible=interruptible)
-        if self.k.livepatch.in_transition():
-            # created mid-transition: born switched, like its creator would be
-            task.patch_state = self.k.livepatch.target_state
         self._sleep_in(task, func)
-        self._consistent_with(task, func)
+        klp = self.k.livepatch
+        if klp.in_transition():
+            # created mid-transition: born switched, like its creator would be,
+            # unless it is staged straight into code the transition takes away
+            held = self._takes_away(func)
+            klp_new_task(klp, task, initial_state(klp) if held else klp.target_state, held)
         return self.k.tasks.add(task)
+
+    def _takes_away(self, func: KFunc | None) -> bool:
+        klp = self.k.livepatch
+        return func is not None and any(code is func for code, _ in forbidden_functions(klp))
 
     def _consistent_with(self, task: Task, func: KFunc | None) -> None:
         """A task staged into code that the transition in progress takes away
         cannot have switched yet: it is put back to the initial state, pending."""
         klp = self.k.livepatch
-        if func is None or not klp.in_transition():
+        if not klp.in_transition() or not self._takes_away(func):
             return
-        if any(code is func for code, _ in forbidden_functions(klp)):
-            task.patch_state = initial_state(klp)
-            task.patch_pending = True
+        if (task.patch_state, task.patch_pending) != (initial_state(klp), True):
+            klp_new_task(klp, task, initial_state(klp), True)
 
     def _sleep_in(self, task: Task, func: KFunc | None) -> None:
         if func is None and task.kind is TaskKind.USER:
@@ -94,12 +101,12 @@ class Scheduler:
         self._sleep_in(task, None)
         return 0
 
-    def return_to_user(self, task: Task) -> int:
+    def return_to_user(self, task: Task, cause: Cause = Cause.RETURN_TO_USER) -> int:
         if task.kind is not TaskKind.USER:
             return -errno.EINVAL
         self._stop_spinning(task)
         task.stack, task.state, task.cpu = [], RunState.USER, None
-        klp_update_patch_state(self.k.livepatch, task)  # exit_to_user_mode
+        klp_update_patch_state(self.k.livepatch, task, cause)  # exit_to_user_mode
         return 0
 
     def spin(self, task: Task, func: KFunc, cpu: int | None = None) -> int:
@@ -125,6 +132,7 @@ class Scheduler:
 
     def exit(self, task: Task) -> int:
         self._stop_spinning(task)
+        klp_task_exit(self.k.livepatch, task)
         self.k.tasks.remove(task.pid)
         return 0
 
@@ -210,10 +218,10 @@ class Scheduler:
         passes through the exit-to-user path; a task in user space switches
         at once."""
         if task.external and not task.in_syscall:
-            klp_update_patch_state(self.k.livepatch, task)
+            klp_update_patch_state(self.k.livepatch, task, Cause.FAKE_SIGNAL)
         elif task.state is RunState.USER or (task.state is RunState.SLEEPING and task.interruptible
                                              and task.kind is TaskKind.USER and not task.external):
-            self.return_to_user(task)
+            self.return_to_user(task, Cause.FAKE_SIGNAL)
 
     # -- CPUs ------------------------------------------------------------------------
     def cpu_curr(self, cpu: int) -> Task:
@@ -237,7 +245,7 @@ class Scheduler:
 
         def idle_loop() -> None:
             self._idle_kicked.discard(idle)
-            klp_update_patch_state(self.k.livepatch, idle)
+            klp_update_patch_state(self.k.livepatch, idle, Cause.IDLE_LOOP)
 
         self.k.wq.schedule(0, f"idle loop cpu{idle.cpu}", idle_loop)
 
@@ -245,12 +253,12 @@ class Scheduler:
     def cond_resched(self, task: Task) -> None:
         """__klp_sched_try_switch(): a pending task checks its own stack."""
         klp = self.k.livepatch
-        if not klp.cond_resched_enabled or not task.patch_pending:
+        if not klp.cond_resched_enabled or not task.patch_pending or klp.model is not ConsistencyModel.HYBRID:
             return
         outer = self.k.current
         self.k.current = task
         try:
-            klp_try_switch_task(klp, task)
+            klp_try_switch_task(klp, task, Cause.COND_RESCHED)
         finally:
             self.k.current = outer
 

@@ -20,6 +20,7 @@ import fuse
 from livefs.fs.fuse_ops import LivefsOperations
 from livefs.fs.root import build_root
 from livefs.kernel.kernel import DEFAULT_CMDLINE, Kernel
+from livefs.kernel.livepatch.consistency import ConsistencyModel
 from livefs.kernel.version import KernelVersion
 
 from .mounts import MountError
@@ -34,7 +35,8 @@ def _host_text(path: str, default: str) -> str:
         return default
 
 
-def make_kernel(version: KernelVersion, cpus: int | None = None) -> Kernel:
+def make_kernel(version: KernelVersion, cpus: int | None = None,
+                model: ConsistencyModel = ConsistencyModel.HYBRID) -> Kernel:
     """A model machine whose clock starts at the host's uptime, so dmesg
     timestamps look like a real machine's."""
     ncpus = cpus or max(1, min(os.cpu_count() or 1, 64))
@@ -43,14 +45,15 @@ def make_kernel(version: KernelVersion, cpus: int | None = None) -> Kernel:
     except ValueError:
         pid_max = 4194304
     return Kernel(version=version, ncpus=ncpus, cmdline=DEFAULT_CMDLINE, boot_ns=time.monotonic_ns(),
-                  meminfo=lambda: _host_text("/proc/meminfo", ""), pid_base=pid_max + 1)
+                  meminfo=lambda: _host_text("/proc/meminfo", ""), pid_base=pid_max + 1, consistency_model=model)
 
 
-def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0, cpus: int | None = None) -> int:
+def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0, cpus: int | None = None,
+          model: ConsistencyModel = ConsistencyModel.HYBRID) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="livefs[%(process)d] %(levelname)s %(message)s")
-    kernel = make_kernel(version, cpus)
-    owner = ModelOwner(kernel, scale=scale, reboot=lambda: make_kernel(version, cpus))
+    kernel = make_kernel(version, cpus, model)
+    owner = ModelOwner(kernel, scale=scale, reboot=lambda: make_kernel(version, cpus, model))
     owner.start()
     if owner.error is not None:
         raise owner.error

@@ -129,8 +129,9 @@ def fuse_device_problem() -> str | None:
     return None
 
 
-def start_daemon(mountpoint: Path, kernel_version: str, scale: float, cpus: int | None = None) -> int:
-    """Mount in a background daemon; return its pid once the mount answers."""
+def start_daemon(mountpoint: Path, model_args: list[str]) -> int:
+    """Mount in a background daemon (``model_args``: the model options of
+    ``livefs mount``); return its pid once the mount answers."""
     problem = fuse_device_problem()
     if problem:
         raise MountError(problem)
@@ -139,8 +140,7 @@ def start_daemon(mountpoint: Path, kernel_version: str, scale: float, cpus: int 
     state.mkdir(parents=True, exist_ok=True)
     log = open(state / "daemon.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "livefs", "mount", "--foreground", "--kernel-version", kernel_version,
-         "--scale", str(scale), *(["--cpus", str(cpus)] if cpus else []), str(mountpoint.resolve())],
+        [sys.executable, "-m", "livefs", "mount", "--foreground", *model_args, str(mountpoint.resolve())],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     deadline = time.monotonic() + READY_TIMEOUT_S

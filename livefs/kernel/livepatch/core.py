@@ -21,7 +21,9 @@ from ..symbols import KFunc
 from ..tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED
 from ..clock import Work
 from . import transition as tr
+from .consistency import ConsistencyModel
 from .objects import KlpFunc, KlpObject, KlpPatch
+from .record import TransitionLog
 from .patch import KlpOps, klp_patch_object, klp_unpatch_object, klp_unpatch_objects
 
 if TYPE_CHECKING:
@@ -64,6 +66,12 @@ class Livepatch:
     # state, before the reset to -1): for invariant checkers, not for modules
     observers: list[Any] = attrs.field(factory=list)
     transition_forced: bool = False
+    # which consistency model runs (only HYBRID is the kernel's), what the
+    # recent transitions did, and the attempt in progress (1 = the one inside
+    # the write that started the transition)
+    model: ConsistencyModel = ConsistencyModel.HYBRID
+    log: TransitionLog = attrs.field(factory=TransitionLog)
+    attempt: int = 0
 
     def __attrs_post_init__(self) -> None:
         for key, (func, line, fmt) in tr.DEBUG_SITES.items():

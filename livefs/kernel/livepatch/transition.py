@@ -9,6 +9,11 @@ it cannot be inside any such code -- the return to user space, the idle loop,
 runs synchronously inside the enable or disable; a transition that cannot
 complete re-arms the delayed work, and every 15 attempts it nudges the
 stragglers with fake signals.  ``force`` switches everyone without any check.
+
+Every switch, failed check, signal, force, reversal and completion is written
+into the transition's record (record.py), with its cause.  The machine may run
+another consistency model than the kernel's (consistency.py): the branches for
+them are marked, and the kernel's path is the one without a mark.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from typing import TYPE_CHECKING
 from ..clock import NSEC_PER_SEC
 from ..printk import KERN_NOTICE, KERN_WARNING
 from ..symbols import KFunc
-from ..tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, Task
+from ..tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, Task, TaskKind
+from .consistency import ConsistencyModel
 from .objects import KlpPatch
 from .patch import klp_unpatch_objects
+from .record import Cause, TransitionRecord, task_id
 
 if TYPE_CHECKING:
     from .core import Livepatch
@@ -61,8 +68,14 @@ def klp_init_transition(klp: "Livepatch", patch: KlpPatch, state: int) -> None:
     klp.target_state = state
     klp.transition_forced = False
     initial = KLP_UNPATCHED if state == KLP_PATCHED else KLP_PATCHED
+    record = TransitionRecord(patch.name, "patched" if state == KLP_PATCHED else "unpatched", klp.model.value,
+                              klp.k.clock.now_ns)
     for task in klp.k.tasks.all_with_idle():
         task.patch_state = initial
+        record.note_task(task)
+        record.initial_pending.append(task_id(task))
+    klp.log.begin(record)
+    klp.attempt = 0
     for func in patch.funcs():
         func.transition = True
 
@@ -74,15 +87,61 @@ def klp_start_transition(klp: "Livepatch") -> None:
     for task in klp.k.tasks.all_with_idle():
         if task.patch_state != klp.target_state:
             task.patch_pending = True
-    klp.set_cond_resched(True)
+    if klp.model is ConsistencyModel.HYBRID:
+        klp.set_cond_resched(True)
     klp.signals_cnt = 0
+    _event(klp, "start", _dir(klp.target_state))
 
 
-def klp_update_patch_state(klp: "Livepatch", task: Task) -> None:
+def _event(klp: "Livepatch", kind: str, detail: str = "") -> None:
+    record = klp.log.current
+    if record is not None:
+        record.event(klp.k.clock.now_ns, klp.attempt, kind, detail)
+
+
+def _switch(klp: "Livepatch", task: Task, cause: Cause) -> None:
+    """The task now runs the target state's code; the record says why."""
+    task.patch_pending = False
+    task.patch_state = klp.target_state
+    record = klp.log.current
+    if record is not None:
+        record.note_task(task)
+        record.switches.append((klp.k.clock.now_ns, klp.attempt, task_id(task), cause))
+
+
+def _blocked(klp: "Livepatch", task: Task, why: str) -> None:
+    record = klp.log.current
+    if record is not None:
+        record.note_task(task)
+        record.blocked.append((klp.k.clock.now_ns, klp.attempt, task_id(task), why))
+
+
+def klp_update_patch_state(klp: "Livepatch", task: Task, cause: Cause = Cause.RETURN_TO_USER) -> None:
     """Called where a task cannot be inside patched code: kernel exit, idle loop."""
-    if task.patch_pending:
-        task.patch_pending = False
-        task.patch_state = klp.target_state
+    if task.patch_pending and klp.model.switches_per_task:
+        _switch(klp, task, cause)
+
+
+def klp_new_task(klp: "Livepatch", task: Task, state: int, pending: bool) -> None:
+    """A task born mid-transition (fork, or first met) takes ``state``: its
+    parent's, or the target when it cannot be inside the code taken away.
+    (Also a staged task put into code the transition takes away: pending again.)"""
+    task.patch_state, task.patch_pending = state, pending
+    record = klp.log.current
+    if record is None:
+        return
+    if state == klp.target_state and not pending:
+        _switch(klp, task, Cause.FORK)
+    else:
+        record.note_task(task)
+        record.event(klp.k.clock.now_ns, klp.attempt, "pending", str(task_id(task)))
+
+
+def klp_task_exit(klp: "Livepatch", task: Task) -> None:
+    """A task that ends before it switched leaves the transition (recorded)."""
+    record = klp.log.current
+    if record is not None and task.patch_pending:
+        record.switches.append((klp.k.clock.now_ns, klp.attempt, task_id(task), Cause.EXIT))
 
 
 def forbidden_functions(klp: "Livepatch") -> list[tuple[KFunc, str]]:
@@ -111,33 +170,63 @@ def forbidden_functions(klp: "Livepatch") -> list[tuple[KFunc, str]]:
     return forbidden
 
 
+def _forbidden_frame(klp: "Livepatch", task: Task) -> str | None:
+    """The name of the first function on the task's stack that the transition
+    takes away, or None."""
+    for code, name in forbidden_functions(klp):
+        if any(frame is code for frame in task.stack):
+            return name
+    return None
+
+
 def _blocker(klp: "Livepatch", task: Task) -> tuple[str, str] | None:
     """What stops the stack check: ("running", "") or ("sleeping", function)."""
     if klp.k.sched.task_curr(task) and task is not klp.k.current:
         return "running", ""
-    for code, name in forbidden_functions(klp):
-        if any(frame is code for frame in task.stack):
-            return "sleeping", name
-    return None
+    name = _forbidden_frame(klp, task)
+    return None if name is None else ("sleeping", name)
 
 
-def klp_try_switch_task(klp: "Livepatch", task: Task) -> bool:
+# kGraft model: the frames of a kthread that waits at the top of its main loop
+_KTHREAD_LOOP_FRAMES = frozenset({"kthread", "kthreadd", "smpboot_thread_fn", "worker_thread", "rcu_gp_kthread",
+                                  "schedule", "__schedule"})
+
+
+def _kgraft_try_switch(klp: "Livepatch", task: Task) -> bool:
+    """kGraft model: no stack check.  A task in user space holds no kernel
+    state; a kthread waiting at the top of its loop is at its safe point;
+    anything else in the kernel waits until it leaves."""
+    if task.kind is TaskKind.USER and not task.stack:
+        _switch(klp, task, Cause.RETURN_TO_USER)
+        return True
+    if task.kind is TaskKind.KTHREAD and all(f.name in _KTHREAD_LOOP_FRAMES for f in task.stack):
+        _switch(klp, task, Cause.KTHREAD_LOOP)
+        return True
+    _blocked(klp, task, "running" if klp.k.sched.task_curr(task) else "in the kernel")
+    return False
+
+
+def klp_try_switch_task(klp: "Livepatch", task: Task, cause: Cause = Cause.STACK_CHECK) -> bool:
     if task.patch_state == klp.target_state:
         return True
+    if klp.model is ConsistencyModel.KGRAFT:
+        return _kgraft_try_switch(klp, task)
     blocker = _blocker(klp, task)
     if blocker is not None:
         kind, name = blocker
         what = "is running" if kind == "running" else f"is sleeping on function {name}"
         klp.pr_debug(kind, f"klp_try_switch_task: {task.comm}:{task.pid} {what}")
+        if cause is Cause.STACK_CHECK:  # a failed cond_resched() self-check (every 10 ms) is not written down
+            _blocked(klp, task, "running" if kind == "running" else f"sleeping on function {name}")
         return False
-    task.patch_pending = False
-    task.patch_state = klp.target_state
+    _switch(klp, task, cause)
     return True
 
 
 def klp_send_signals(klp: "Livepatch") -> None:
     if klp.signals_cnt == SIGNALS_TIMEOUT:
         klp.pr(KERN_NOTICE, "signaling remaining tasks")
+    _event(klp, "signal", ",".join(str(task_id(t)) for t in klp.k.tasks.for_each_process_thread() if t.patch_pending))
     for task in klp.k.tasks.for_each_process_thread():
         if not task.patch_pending:
             continue
@@ -156,6 +245,8 @@ def klp_check_task(klp: "Livepatch", task: Task) -> str | None:
     Side-effect free, for status displays."""
     if task.patch_state == klp.target_state:
         return None
+    if klp.model is ConsistencyModel.KGRAFT:
+        return "in the kernel" if task.stack else None
     blocker = _blocker(klp, task)
     if blocker is None:
         return None
@@ -165,16 +256,26 @@ def klp_check_task(klp: "Livepatch", task: Task) -> str | None:
 def klp_try_complete_transition(klp: "Livepatch") -> bool:
     patch = klp.transition_patch
     assert patch is not None and klp.target_state != KLP_UNDEFINED
-    complete = True
-    for task in klp.k.tasks.for_each_process_thread():
-        if not klp_try_switch_task(klp, task):
-            complete = False
-    for idle in klp.k.tasks.idle:
-        if not klp_try_switch_task(klp, idle):
-            complete = False
-            klp.k.sched.wake_up_if_idle(idle)  # through the idle loop it switches
+    klp.attempt += 1
+    _event(klp, "attempt")
+    if klp.model is ConsistencyModel.IMMEDIATE:
+        for task in klp.k.tasks.all_with_idle():
+            if task.patch_state != klp.target_state:
+                _switch(klp, task, Cause.IMMEDIATE)
+        complete = True
+    elif klp.model is ConsistencyModel.KPATCH:
+        complete = _kpatch_stop_machine(klp)
+    else:
+        complete = True
+        for task in klp.k.tasks.for_each_process_thread():
+            if not klp_try_switch_task(klp, task):
+                complete = False
+        for idle in klp.k.tasks.idle:
+            if not klp_try_switch_task(klp, idle):
+                complete = False
+                klp.k.sched.wake_up_if_idle(idle)  # through the idle loop it switches
     if not complete:
-        if klp.signals_cnt and klp.signals_cnt % SIGNALS_TIMEOUT == 0:
+        if klp.signals_cnt and klp.signals_cnt % SIGNALS_TIMEOUT == 0 and klp.model.switches_per_task:
             klp_send_signals(klp)
         klp.signals_cnt += 1
         klp.schedule_transition_work(round_jiffies_relative_hz(klp.k.clock.now_ns))
@@ -185,6 +286,26 @@ def klp_try_complete_transition(klp: "Livepatch") -> bool:
         klp.free_patch_async(patch)
     elif patch.replace:
         klp.free_replaced_patches_async(patch)
+    return True
+
+
+def _kpatch_stop_machine(klp: "Livepatch") -> bool:
+    """kpatch model: with every CPU stopped, look at every stack (running
+    tasks included); switch all tasks together only if none holds code the
+    transition takes away."""
+    holders = 0
+    for task in klp.k.tasks.all_with_idle():
+        if task.patch_state == klp.target_state:
+            continue
+        name = _forbidden_frame(klp, task)
+        if name is not None:
+            holders += 1
+            _blocked(klp, task, f"sleeping on function {name}")
+    if holders:
+        return False
+    for task in klp.k.tasks.all_with_idle():
+        if task.patch_state != klp.target_state:
+            _switch(klp, task, Cause.STACK_CHECK)
     return True
 
 
@@ -213,6 +334,8 @@ def klp_complete_transition(klp: "Livepatch") -> None:
         else:
             klp.post_unpatch_callback(obj)
     klp.pr(KERN_NOTICE, f"'{patch.name}': {_dir(target)} complete")
+    _event(klp, "complete", _dir(target))
+    klp.log.end(klp.k.clock.now_ns, "forced" if klp.transition_forced else "complete")
     klp.target_state = KLP_UNDEFINED
     klp.transition_patch = None
 
@@ -222,8 +345,11 @@ def klp_cancel_transition(klp: "Livepatch") -> None:
         return
     klp.pr_debug("cancel",
                  f"'{klp.transition_patch.name}': canceling patching transition, going to unpatch")
+    _event(klp, "cancel")
     klp.target_state = KLP_UNPATCHED
     klp_complete_transition(klp)
+    if klp.log.last() is not None:
+        klp.log.last().outcome = "canceled"
 
 
 def klp_reverse_transition(klp: "Livepatch") -> None:
@@ -231,10 +357,12 @@ def klp_reverse_transition(klp: "Livepatch") -> None:
     assert patch is not None
     direction = "patching to unpatching" if klp.target_state == KLP_PATCHED else "unpatching to patching"
     klp.pr_debug("reverse", f"'{patch.name}': reversing transition from {direction}")
+    _event(klp, "reverse", direction)
     for task in klp.k.tasks.all_with_idle():
         task.patch_pending = False
     patch.enabled = not patch.enabled
     klp.target_state = KLP_UNPATCHED if klp.target_state == KLP_PATCHED else KLP_PATCHED
+    klp.attempt = 0
     klp_start_transition(klp)
 
 
@@ -243,8 +371,10 @@ def klp_force_transition(klp: "Livepatch") -> None:
     assert patch is not None
     klp.pr(KERN_WARNING, "forcing remaining tasks to the patched state")
     klp.transition_forced = True
+    _event(klp, "force")
     for task in klp.k.tasks.all_with_idle():
-        klp_update_patch_state(klp, task)
+        if task.patch_pending:
+            _switch(klp, task, Cause.FORCE)
     if klp.target_state == KLP_UNPATCHED:
         patch.forced = True
     elif patch.replace:
@@ -254,5 +384,4 @@ def klp_force_transition(klp: "Livepatch") -> None:
 
 
 def klp_copy_process(klp: "Livepatch", parent: Task, child: Task) -> None:
-    child.patch_pending = parent.patch_pending
-    child.patch_state = parent.patch_state
+    klp_new_task(klp, child, parent.patch_state, parent.patch_pending)
