@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -140,6 +141,24 @@ def wait_for(pattern: str, present: bool, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def mount_table() -> list[tuple[str, str, str, str]]:
+    """(source, mount point, fstype, options) of every mount of this process's
+    namespace, in mount order, with the table's octal escapes undone: exact
+    entries to compare, where a substring test on the whole text would match
+    any path that merely contains the one we mean."""
+    def unescape(field: str) -> str:
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+    return [(unescape(src), unescape(where), fstype, opts)
+            for src, where, fstype, opts, *_ in (line.split() for line in Path("/proc/self/mounts").read_text()
+                                                 .splitlines())]
+
+
+def mounted_at(path: Path) -> list[tuple[str, str, str, str]]:
+    """The mount-table entries whose mount point is exactly ``path``."""
+    return [m for m in mount_table() if m[1] == str(path)]
 
 
 def daemon_pid(target: Path) -> int:

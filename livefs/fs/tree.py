@@ -106,7 +106,9 @@ class Attr(Node):
         if self.show is None:
             return b""
         out = self.show(req)
-        return out.encode() if isinstance(out, str) else out
+        # surrogateescape: text that came in as bytes (a comm written with any
+        # bytes, as comm_write takes them) goes out as the same bytes
+        return out.encode("utf-8", "surrogateescape") if isinstance(out, str) else out
 
 
 @attrs.define(eq=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from typing import Any
 
 import attrs
@@ -10,23 +11,24 @@ import attrs
 from .moddef import Param
 
 INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
+_KSTRTOINT = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", re.ASCII)
 
 
 def parse_kernel_int(text: str) -> int | None:
-    """kstrtoint(.., 0, ..): decimal, 0x hex or 0 octal, optional sign and newline."""
+    """kstrtoint(.., 0, ..): decimal, 0x hex or 0 octal, optional sign and
+    newline; nothing else -- no blanks, no underscores, no sign after the
+    prefix (Python's int() would take all three)."""
     t = text[:-1] if text.endswith("\n") else text
-    sign, digits = (-1, t[1:]) if t.startswith("-") else (1, t[1:] if t.startswith("+") else t)
-    try:
-        if digits.lower().startswith("0x"):
-            value = int(digits[2:], 16)
-        elif digits.startswith("0") and len(digits) > 1:
-            value = int(digits[1:], 8)
-        else:
-            value = int(digits, 10)
-    except ValueError:
+    m = _KSTRTOINT.fullmatch(t)
+    if m is None:
         return None
-    if not digits or not digits[-1].isalnum():
-        return None
+    sign, digits = (-1 if m.group(1) == "-" else 1), m.group(2)
+    if digits[:2].lower() == "0x":
+        value = int(digits[2:], 16)
+    elif digits.startswith("0") and len(digits) > 1:
+        value = int(digits[1:], 8)
+    else:
+        value = int(digits, 10)
     value *= sign
     return value if INT_MIN <= value <= INT_MAX else None
 
