@@ -162,12 +162,17 @@ class Scheduler:
         finally:
             self.k.current = outer
             if worker not in self.blocked:
-                self._idle_kworker(worker)
+                self.kthread_loop(worker)
 
-    def _idle_kworker(self, worker: Task) -> None:
+    def kthread_loop(self, worker: Task) -> None:
+        """A kworker back at the top of its loop, waiting for work.  Under the
+        kGraft model that is its safe point (kGraft annotated kthread loops):
+        a pending kthread switches there."""
         f = self.k.vmlinux_func
         worker.stack = [f("kthread"), f("worker_thread"), f("schedule")]
         worker.state, worker.cpu = RunState.SLEEPING, None
+        if self.k.livepatch.model is ConsistencyModel.KGRAFT:
+            klp_update_patch_state(self.k.livepatch, worker, Cause.KTHREAD_LOOP)
 
     def block_in_call(self, task: Task, period_ns: int, until: Callable[[], bool],
                       then: Callable[[], None]) -> None:
@@ -204,7 +209,7 @@ class Scheduler:
             blocked.then()
         finally:
             self.k.current = outer
-        self._idle_kworker(task)
+        self.kthread_loop(task)
 
     # -- signals --------------------------------------------------------------------
     def wake_up_interruptible(self, task: Task) -> None:

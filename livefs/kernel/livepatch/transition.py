@@ -202,6 +202,9 @@ def _kgraft_try_switch(klp: "Livepatch", task: Task) -> bool:
     if task.kind is TaskKind.KTHREAD and all(f.name in _KTHREAD_LOOP_FRAMES for f in task.stack):
         _switch(klp, task, Cause.KTHREAD_LOOP)
         return True
+    if task.kind is TaskKind.IDLE and not klp.k.sched.task_curr(task):
+        _switch(klp, task, Cause.IDLE_LOOP)  # preempted in do_idle(): it resumes in its idle loop
+        return True
     _blocked(klp, task, "running" if klp.k.sched.task_curr(task) else "in the kernel")
     return False
 
