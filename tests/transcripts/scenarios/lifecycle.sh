@@ -51,7 +51,6 @@ run "rm -f /sys/kernel/livepatch/lp_cmdline/enabled"
 
 section "rmmod while enabled"
 run "rmmod lp_cmdline"
-run "rmmod -f lp_cmdline"
 run "rmmod no_such_module"
 
 section "disable (with 0x1: kstrtobool reads the first character), rmmod"
