@@ -24,9 +24,19 @@ def scripts_in(directory: Path) -> list[Path]:
     return ordered + [found[n] for n in sorted(found)]
 
 
+def script_run_args(script: Path) -> list[str]:
+    """The ``livefs run`` options a script asks for in a ``# livefs run: …``
+    line (``--cpus 2`` for a test that needs a second model CPU); they come
+    after the runner's own, so they win."""
+    for line in script.read_text(errors="replace").splitlines():
+        if line.startswith("# livefs run:"):
+            return line.split(":", 1)[1].split()
+    return []
+
+
 def _run_one(script: Path, run_args: list[str], timeout: float, out: TextIO) -> tuple[int | None, float]:
     """Run one script, echoing its output as KTAP comments; None on timeout."""
-    cmd = [sys.executable, "-m", "livefs", "run", *run_args, "--", f"./{script.name}"]
+    cmd = [sys.executable, "-m", "livefs", "run", *run_args, *script_run_args(script), "--", f"./{script.name}"]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=script.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)

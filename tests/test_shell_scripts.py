@@ -9,9 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from livefs.selftest import script_run_args
+
+from conftest import REPO, mount_table
 
 SCRIPTS = sorted((REPO / "tests" / "shell").glob("test-*.sh"))
+RELEASE = os.uname().release
+# the host paths `livefs run` lays the mock over (namespace.BINDS, /proc, the
+# module build directory it provides): their mount-table entries must be the
+# same before and after a run
+LAID_OVER = ("/sys/kernel", "/sys/module", "/dev/kmsg", "/proc", f"/lib/modules/{RELEASE}", "/lib/modules", "/lib")
+
+
+def host_entries(private: Path) -> list[tuple[str, str, str, str]]:
+    """Mount-table entries at or below the laid-over paths and the run's own
+    state directory (a private one, so other mounts of this host do not count)."""
+    paths = (*LAID_OVER, str(private))
+    return [m for m in mount_table() if any(m[1] == p or m[1].startswith(p + "/") for p in paths)]
 
 
 @pytest.fixture(scope="module")
@@ -25,29 +39,36 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
 def test_script_passes_under_livefs_run(require_fuse, workdir, script):
-    r = subprocess.run([sys.executable, "-m", "livefs", "run", "--", str(script)], cwd=workdir,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "livefs", "run", *script_run_args(script), "--", str(script)],
+                       cwd=workdir, capture_output=True, text=True, timeout=300)
     lines = [line for line in r.stdout.splitlines() if line.startswith("TEST:")]
-    if r.returncode == 4:  # the kselftest skip code: say why, visibly
+    if r.returncode == 4:  # the kselftest skip code: say why, visibly (under CI=true lib.sh fails instead)
         pytest.skip(f"{script.name}: {r.stdout.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert lines, "the script ran no test"
     assert all(line.endswith(" ... ok") for line in lines), r.stdout + r.stderr
 
 
-def test_run_leaves_host_untouched(require_fuse, workdir):
-    before = Path("/proc/self/mounts").read_text()
+def test_run_leaves_host_untouched(require_fuse, workdir, tmp_path):
+    """Inside the run the mock is at the real paths (and the module build
+    directory exists); afterwards the host's entries at those paths are
+    exactly as before, no livefs mount is left, and the build directory
+    exists on the host only if it did before."""
+    build = Path(f"/lib/modules/{RELEASE}/build")
+    private = tmp_path / "state"
+    private.mkdir(mode=0o700)
+    before, had_build = host_entries(private), os.path.lexists(build)
     sys_kernel = sorted(p.name for p in Path("/sys/kernel").iterdir())
     r = subprocess.run([sys.executable, "-m", "livefs", "run", "--", "bash", "-c",
-                        "ls /sys/kernel/livepatch && ls -d /lib/modules/$(uname -r)/build && "
-                        "grep -c livefs /proc/self/mounts"],
-                       cwd=workdir, capture_output=True, text=True, timeout=60)
+                        f"ls /sys/kernel/livepatch && ls -d {build} && "
+                        "awk '$2 == \"/sys/kernel\" && $3 == \"fuse.livefs\"' /proc/self/mounts"],
+                       cwd=workdir, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, LIVEFS_STATE_DIR=str(private)))
     assert r.returncode == 0, r.stderr
-    assert int(r.stdout.splitlines()[-1]) >= 1
-    after = Path("/proc/self/mounts").read_text()
-    assert [m for m in after.splitlines() if "livefs" in m] == [m for m in before.splitlines() if "livefs" in m]
+    assert r.stdout.splitlines()[-1].split()[1:3] == ["/sys/kernel", "fuse.livefs"], r.stdout
+    assert host_entries(private) == before
     assert sorted(p.name for p in Path("/sys/kernel").iterdir()) == sys_kernel
-    assert not Path(f"/lib/modules/{os.uname().release}/build").exists() or "build" in before
+    assert os.path.lexists(build) == had_build
 
 
 def test_run_propagates_exit_status(require_fuse, workdir):
