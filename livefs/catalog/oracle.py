@@ -29,7 +29,7 @@ from .api import CallContext, Callbacks, Func, Function, ModuleContext, ModuleDe
 # -- lp_cmdline, lp_cmdline2, lp_replace --------------------------------------------------
 
 
-def _cmdline_module(name: str, marker: str, replace: bool, size: int) -> ModuleDef:
+def _cmdline_module(name: str, marker: str, replace: bool) -> ModuleDef:
     def oracle_cmdline_show(call: CallContext) -> str:
         return marker + "\n"
 
@@ -44,13 +44,12 @@ def _cmdline_module(name: str, marker: str, replace: bool, size: int) -> ModuleD
         ctx.pr_info("exit")
 
     return ModuleDef(name=name, description="oracle livepatch: /proc/cmdline marker", livepatch=True,
-                     patch=patch, init=init, exit=exit_, size=size)
+                     patch=patch, init=init, exit=exit_)
 
 
-lp_cmdline = _cmdline_module("lp_cmdline", "LP_CMDLINE marker: patched by lp_cmdline", False, 12288)
-lp_cmdline2 = _cmdline_module("lp_cmdline2", "LP_CMDLINE2 marker: patched by lp_cmdline2", False, 12288)
-lp_replace = _cmdline_module("lp_replace", "LP_REPLACE marker: patched by lp_replace (replace=true)", True,
-                             12288)
+lp_cmdline = _cmdline_module("lp_cmdline", "LP_CMDLINE marker: patched by lp_cmdline", False)
+lp_cmdline2 = _cmdline_module("lp_cmdline2", "LP_CMDLINE2 marker: patched by lp_cmdline2", False)
+lp_replace = _cmdline_module("lp_replace", "LP_REPLACE marker: patched by lp_replace (replace=true)", True)
 
 
 # -- lp_callbacks ----------------------------------------------------------------------------
@@ -99,7 +98,6 @@ lp_callbacks = ModuleDef(
     patch=_callbacks_patch,
     init=_callbacks_init,
     exit=lambda ctx: ctx.pr_info("exit"),
-    size=12288,
 )
 
 
@@ -243,7 +241,6 @@ lp_busy_target = ModuleDef(
                Function("target_proc_show", _target_proc_show)],
     init=_target_init,
     exit=_target_exit,
-    size=12288,
 )
 
 
@@ -279,7 +276,6 @@ lp_busy = ModuleDef(
         Func("lp_busy_target_wait", _new_wait, new_name="new_wait"),
         Func("lp_busy_target_msg", _new_msg, new_name="new_msg")])]),
     exit=lambda ctx: None,
-    size=12288,
 )
 
 MODULES: list[ModuleDef] = [lp_cmdline, lp_cmdline2, lp_replace, lp_callbacks, lp_busy_target, lp_busy]
