@@ -98,9 +98,16 @@ def _history(record: dict[str, Any]) -> tuple[dict[int, list[tuple[int, str]]], 
 
 
 def _segments(changes: list[tuple[int, str]], end_ns: int) -> list[Segment]:
-    out = []
+    """Segments of the states a task held for some time (a state left at the
+    instant it was entered, such as a switch back at the same syscall's exit,
+    draws nothing), neighbours in one state merged."""
+    out: list[Segment] = []
     for (t0, s), (t1, _) in zip(changes, changes[1:] + [(end_ns, "")]):
-        if t1 > t0 or not out:
+        if t1 <= t0 and out:
+            continue
+        if out and out[-1].state == s:
+            out[-1].end_ns = max(t0, t1)
+        else:
             out.append(Segment(t0, max(t0, t1), s))
     return out
 

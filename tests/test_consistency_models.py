@@ -15,8 +15,8 @@ from livefs.kernel.livepatch.record import Cause
 from livefs.kernel.tasks import TaskKind
 from livefs.testing.consistency import Workload, run_workload, workloads
 
-SAFE = settings(parent=settings.get_profile("livefs-ci"), max_examples=60,
-                suppress_health_check=[HealthCheck.too_slow])
+# the profile loaded for this run (livefs-ci unless --hypothesis-profile says otherwise)
+SAFE = settings(suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_immediate_drifts_and_search_finds_it():

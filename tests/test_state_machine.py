@@ -13,8 +13,8 @@ from livefs.testing import LivepatchMachine
 from livefs.testing.strategies import PatchSpec
 
 TestLivepatchMachine = LivepatchMachine.TestCase
-TestLivepatchMachine.settings = settings(parent=settings.get_profile("livefs-ci"),
-                                         suppress_health_check=[HealthCheck.too_slow])
+# the profile loaded for this run (livefs-ci unless --hypothesis-profile says otherwise)
+TestLivepatchMachine.settings = settings(suppress_health_check=[HealthCheck.too_slow])
 
 
 def _skipping_stack_check(klp, task):
@@ -35,7 +35,7 @@ def test_explicit_sequence_catches_a_transition_that_skips_the_stack_check(monke
 
 def test_search_finds_the_broken_stack_check(monkeypatch):
     monkeypatch.setattr(tr, "klp_try_switch_task", _skipping_stack_check)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="still in"):
         run_state_machine_as_test(LivepatchMachine, settings=settings(
             max_examples=300, stateful_step_count=25, deadline=None, database=None,
             suppress_health_check=list(HealthCheck)))

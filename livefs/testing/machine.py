@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import errno
 
-from hypothesis import strategies as st
+from hypothesis import event, note, strategies as st, target
+from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from livefs.catalog import find
 from livefs.fs.root import build_root
 from livefs.fs.tree import Attr, Dir, Request, resolve
-from livefs.kernel.clock import NSEC_PER_MSEC
+from livefs.kernel.clock import NSEC_PER_MSEC, NSEC_PER_SEC
 from livefs.kernel.kernel import Kernel
 from livefs.kernel.ftrace import OpsFlag
 from livefs.kernel.kprobes import Kprobe
 from livefs.kernel.livepatch import transition as tr
+from livefs.kernel.livepatch.transition import SIGNALS_TIMEOUT
 from livefs.kernel.tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, TaskKind
 
 from .strategies import (MODULE_TARGETS, VMLINUX_TARGETS, PatchSpec, TaskSpec, patch_specs, tag_body,
@@ -31,6 +33,13 @@ from .strategies import (MODULE_TARGETS, VMLINUX_TARGETS, PatchSpec, TaskSpec, p
 CATALOG_PATCHES = ("test_klp_livepatch", "test_klp_atomic_replace", "livepatch_sample", "test_klp_callbacks_demo",
                    "test_klp_state", "test_klp_state2")
 LOAD_ERRORS = {0, -errno.EEXIST, -errno.EBUSY, -errno.EINVAL, -errno.ENODEV}
+# an index drawn for "one of these" (taken modulo the count): unlike st.data(),
+# it prints as a literal, so a failing run's reproducer runs as it stands
+PICK = st.integers(min_value=0, max_value=1 << 16)
+
+
+def _pick(items, index: int):
+    return items[index % len(items)]
 
 
 class InvariantViolation(AssertionError):
@@ -55,6 +64,14 @@ class LivepatchMachine(RuleBasedStateMachine):
         self.root = build_root()
         self.kprobes: list[Kprobe] = []
         k.livepatch.observers.append(self._on_transition_event)
+        self.max_attempt = 0
+        self.reached: set[str] = set()
+        cls = type(self)
+        try:  # printed before "state = ...()" in a failing run's reproducer
+            note(f"from {cls.__module__} import {cls.__qualname__}\n"
+                 "from livefs.testing.strategies import PatchSpec, TaskSpec")
+        except InvalidArgument:
+            pass  # made outside a hypothesis test: nothing to print
 
     # -- helpers -------------------------------------------------------------------
     def _load(self, defn, args: str = "") -> int:
@@ -101,9 +118,9 @@ class LivepatchMachine(RuleBasedStateMachine):
         self._load(target_module(name))
 
     @precondition(lambda self: self.k.modules.modules)
-    @rule(data=st.data())
-    def unload_module(self, data) -> None:
-        name = data.draw(st.sampled_from(sorted(self.k.modules.modules)))
+    @rule(pick=PICK)
+    def unload_module(self, pick: int) -> None:
+        name = _pick(sorted(self.k.modules.modules), pick)
         mod = self.k.modules.get(name)
         busy = mod.refcnt > 0
         with self.k.syscall(self.loader):
@@ -111,9 +128,9 @@ class LivepatchMachine(RuleBasedStateMachine):
         assert ret == (-errno.EWOULDBLOCK if busy else 0)
 
     @precondition(lambda self: self.k.livepatch.sysfs_patches)
-    @rule(data=st.data(), value=st.sampled_from([b"0", b"1", b"n", b"y", b"2", b""]))
-    def write_enabled(self, data, value: bytes) -> None:
-        patch = data.draw(st.sampled_from(self.k.livepatch.sysfs_patches))
+    @rule(pick=PICK, value=st.sampled_from([b"0", b"1", b"n", b"y", b"2", b""]))
+    def write_enabled(self, pick: int, value: bytes) -> None:
+        patch = _pick(self.k.livepatch.sysfs_patches, pick)
         before = (patch.enabled, self.k.livepatch.transition_patch)
         ret = self._write(patch, "enabled", value) if value else 0
         assert ret in (0, -errno.EINVAL, -errno.EBUSY)
@@ -129,6 +146,8 @@ class LivepatchMachine(RuleBasedStateMachine):
             self.pinned.add(patch.name)
         elif patch.replace:
             self.pinned |= {p.name for p in lp.patches if p is not patch}
+        if lp.signals_cnt > SIGNALS_TIMEOUT:
+            self.reached.add("force after signals")
         assert self._write(patch, "force", b"1") == 0
 
     # -- rules: tasks and time -------------------------------------------------------------
@@ -143,10 +162,11 @@ class LivepatchMachine(RuleBasedStateMachine):
             k.sched.spin(task, func)
 
     @precondition(lambda self: any(t.staged for t in self.k.tasks.tasks.values()))
-    @rule(data=st.data(), op=st.sampled_from(["wake", "user", "fork", "exit", "signal", "into_new_code"]))
-    def task_op(self, data, op: str) -> None:
+    @rule(pick=PICK, op=st.sampled_from(["wake", "user", "fork", "exit", "signal", "into_new_code"]),
+          code=PICK)
+    def task_op(self, pick: int, op: str, code: int) -> None:
         k = self.k
-        task = data.draw(st.sampled_from(sorted(self._staged(), key=lambda t: t.pid)))
+        task = _pick(sorted(self._staged(), key=lambda t: t.pid), pick)
         if op == "wake":
             k.sched.wake(task)
         elif op == "user":
@@ -162,11 +182,54 @@ class LivepatchMachine(RuleBasedStateMachine):
             new = [f for p in k.livepatch.patches for fn in p.funcs() if (f := fn.new_func) is not None
                    and not fn.nop]
             if new:
-                k.sched.sleep(task, data.draw(st.sampled_from(new)))
+                k.sched.sleep(task, _pick(new, code))
 
     @rule(ms=st.integers(min_value=0, max_value=4000))
     def advance(self, ms: int) -> None:
         self.k.advance(ms * NSEC_PER_MSEC)
+
+    # -- rules: the hard paths (long stalls, signals, force and reversal after them, forks) ----------------
+    @rule(seconds=st.integers(min_value=14, max_value=70))
+    def long_stall(self, seconds: int) -> None:
+        """A big jump of time: many retry periods at once, the signal rounds among them."""
+        self.k.advance(seconds * NSEC_PER_SEC)
+
+    @precondition(lambda self: self.k.livepatch.patches)
+    @rule(pick=PICK, kind=st.sampled_from(["kthread", "user"]))
+    def park_in_patched_code(self, pick: int, kind: str) -> None:
+        """A task asleep (uninterruptibly) in old or new code of a patch: it
+        holds any transition of that code until it is woken or forced."""
+        code = [f for p in self.k.livepatch.patches for fn in p.funcs() if not fn.nop
+                for f in (fn.old_func, fn.new_func) if f is not None]
+        if code:
+            task = self.k.sched.spawn(TaskKind.KTHREAD if kind == "kthread" else TaskKind.USER, "lf-parked",
+                                      _pick(code, pick), interruptible=False)
+            self.reached.add("parked in patched code" + (" mid-transition" if self.k.livepatch.in_transition()
+                                                          else ""))
+            assert task.pid in self.k.tasks.tasks
+
+    @precondition(lambda self: self.k.livepatch.transition_patch is not None and self._staged())
+    @rule(pick=PICK, n=st.integers(min_value=2, max_value=12))
+    def fork_storm(self, pick: int, n: int) -> None:
+        """Children, and their children, in the middle of a transition: each
+        takes exactly its parent's state."""
+        parent = _pick(sorted(self._staged(), key=lambda t: t.pid), pick)
+        for _ in range(n):
+            child = self.k.sched.fork(parent)
+            assert (child.patch_state, child.patch_pending) == (parent.patch_state, parent.patch_pending)
+            parent = child
+        self.reached.add("fork storm mid-transition")
+
+    @precondition(lambda self: self.k.livepatch.transition_patch is not None and self.k.livepatch.attempt >= 3)
+    @rule()
+    def reverse_stalled(self) -> None:
+        """echo the opposite to enabled of a transition that has been stuck for a while."""
+        lp = self.k.livepatch
+        patch = lp.transition_patch
+        attempts = lp.attempt
+        assert self._write(patch, "enabled", b"0" if patch.enabled else b"1") == 0
+        assert lp.transition_patch is patch or lp.transition_patch is None
+        self.reached.add("reversal after 15+ attempts" if attempts > 15 else "reversal after 3+ attempts")
 
     # -- rules: the other text users --------------------------------------------------------
     @rule(on=st.booleans())
@@ -184,9 +247,9 @@ class LivepatchMachine(RuleBasedStateMachine):
             self.kprobes.append(kp)
 
     @precondition(lambda self: self.kprobes)
-    @rule(data=st.data())
-    def kprobe_unregister(self, data) -> None:
-        kp = data.draw(st.sampled_from(self.kprobes))
+    @rule(pick=PICK)
+    def kprobe_unregister(self, pick: int) -> None:
+        kp = _pick(self.kprobes, pick)
         self.k.kprobes.unregister(kp)
         self.kprobes.remove(kp)
 
@@ -227,6 +290,25 @@ class LivepatchMachine(RuleBasedStateMachine):
             if new != old and got in (new, old):
                 seen.add("new" if got == new else "old")
         assert len(seen) <= 1, f"{self.shell!r} ran old and new code of '{patch.name}' in one syscall"
+
+    def teardown(self) -> None:
+        """Say which hard paths this run reached (``--hypothesis-show-statistics``
+        prints how often), and steer the search toward long transitions."""
+        for record in self.k.livepatch.log:
+            self.max_attempt = max(self.max_attempt, record.attempts())
+            if any(e[2] == "signal" for e in record.events):
+                self.reached.add("signals sent")
+            if any(e[2] == "reverse" for e in record.events):
+                self.reached.add("reversal")
+            if record.outcome == "forced":
+                self.reached.add("forced completion")
+        self.max_attempt = max(self.max_attempt, self.k.livepatch.attempt)
+        try:
+            for path in sorted(self.reached):
+                event(path)
+            target(float(self.max_attempt), label="highest transition attempt")
+        except InvalidArgument:
+            pass  # run outside a hypothesis test
 
     # -- invariants ------------------------------------------------------------------------------
     @invariant()

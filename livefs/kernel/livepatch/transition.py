@@ -366,6 +366,8 @@ def klp_reverse_transition(klp: "Livepatch") -> None:
     patch.enabled = not patch.enabled
     klp.target_state = KLP_UNPATCHED if klp.target_state == KLP_PATCHED else KLP_PATCHED
     klp.attempt = 0
+    if klp.log.current is not None:
+        klp.log.current.target += ", reversed to " + ("patched" if klp.target_state == KLP_PATCHED else "unpatched")
     klp_start_transition(klp)
 
 
