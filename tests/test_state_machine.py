@@ -48,3 +48,21 @@ def test_the_correct_model_passes_the_same_sequence():
     m.advance(3000)
     m.no_violation_at_completion()
     assert m.k.livepatch.transition_patch is not None  # still held by the sleeper
+
+
+def test_the_printed_reproducer_runs_as_it_stands(monkeypatch):
+    """A failing run prints a program: its imports first, then every step with
+    literal arguments.  Run as it stands (with the same broken model), it
+    fails the same way."""
+    monkeypatch.setattr(tr, "klp_try_switch_task", _skipping_stack_check)
+    with pytest.raises(AssertionError, match="still in") as failure:
+        run_state_machine_as_test(LivepatchMachine, settings=settings(
+            max_examples=300, stateful_step_count=25, deadline=None, database=None, derandomize=True,
+            suppress_health_check=list(HealthCheck)))
+    notes = "\n".join(getattr(failure.value, "__notes__", []))
+    program = notes[notes.index("from livefs.testing.machine import LivepatchMachine"):]
+    program = program[:program.index("state.teardown()") + len("state.teardown()")]  # hypothesis's comments follow
+    assert program.splitlines()[2] == "state = LivepatchMachine()"
+    assert "data(" not in program
+    with pytest.raises(AssertionError, match="still in"):
+        exec(compile(program, "<reproducer>", "exec"), {})
