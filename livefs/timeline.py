@@ -23,6 +23,7 @@ import attrs
 NSEC_PER_SEC = 1_000_000_000
 
 PENDING, SWITCHED, GONE = "unswitched", "switched", "gone"
+UNSAFE = "switched inside "  # + the function it was in
 MARKERS = {"attempt": "R", "signal": "S", "force": "F", "reverse": "V", "complete": "C", "cancel": "X"}
 
 
@@ -30,7 +31,7 @@ MARKERS = {"attempt": "R", "signal": "S", "force": "F", "reverse": "V", "complet
 class Segment:
     start_ns: int
     end_ns: int
-    state: str  # PENDING, SWITCHED, GONE, or "blocked: <why>"
+    state: str  # PENDING, SWITCHED, GONE, "blocked: <why>" or "switched inside <function>"
     share: float = 1.0  # for a group lane: the part of the group in this state
 
 
@@ -64,8 +65,8 @@ def _history(record: dict[str, Any]) -> tuple[dict[int, list[tuple[int, str]]], 
     for i, b in enumerate(record["blocked"]):
         stream.append((b["t_ns"], i, "blocked", b))
     for i, e in enumerate(record["events"]):
-        stream.append((e["t_ns"], i, "event", e))
-    order = {"event": 0, "blocked": 1, "switch": 2}
+        stream.append((e["t_ns"], i, "unsafe" if e["kind"] == "unsafe" else "event", e))
+    order = {"event": 0, "blocked": 1, "switch": 2, "unsafe": 3}
     stream.sort(key=lambda x: (x[0], order[x[2]], x[1]))
 
     def move(pid: int, t: int, new: str) -> None:
@@ -78,6 +79,11 @@ def _history(record: dict[str, Any]) -> tuple[dict[int, list[tuple[int, str]]], 
             cause = item["cause"]
             move(item["id"], t, GONE if cause == "exit" else SWITCHED)
             ended[item["id"]] = cause
+        elif kind == "unsafe":
+            # switched (forced, or with no consistency model) while inside code the transition takes away
+            pid, _, func = item["detail"].partition(":")
+            move(int(pid), t, f"{UNSAFE}{func}")
+            ended[int(pid)] = f"{ended.get(int(pid), '?')} inside {func}"
         elif kind == "blocked":
             if state.get(item["id"], PENDING) != SWITCHED:
                 move(item["id"], t, f"blocked: {item['why']}")
@@ -112,8 +118,14 @@ def _segments(changes: list[tuple[int, str]], end_ns: int) -> list[Segment]:
     return out
 
 
+# a transition that ended within the write that began it (the immediate model,
+# or one CPU) still gets a visible stretch of its end state
+MIN_SPAN_NS = NSEC_PER_SEC // 10
+
+
 def layout(record: dict[str, Any], now_ns: int | None = None, max_lanes: int = 40) -> Layout:
-    end = record["end_ns"] if record["end_ns"] is not None else max(now_ns or 0, _last_time(record))
+    real_end = record["end_ns"] if record["end_ns"] is not None else max(now_ns or 0, _last_time(record))
+    end = max(real_end, record["start_ns"] + MIN_SPAN_NS)
     changes, ended = _history(record)
     names = {t["id"]: (t["pid"], t["comm"]) for t in record["tasks"]}
     done_at = {pid: ch[-1][0] for pid, ch in changes.items()}
@@ -144,7 +156,7 @@ def layout(record: dict[str, Any], now_ns: int | None = None, max_lanes: int = 4
                                      record["start_ns"], end, cause))
         lanes += [Lane(label(p), _segments(changes[p], end), finish(p)) for p in stragglers]
     markers = [(e["t_ns"], e["kind"], e["detail"]) for e in record["events"] if e["kind"] in MARKERS]
-    return Layout(_title(record), record["start_ns"], end, lanes, markers, _summary(record, ended, end))
+    return Layout(_title(record), record["start_ns"], end, lanes, markers, _summary(record, ended, real_end))
 
 
 def _group_lane(label: str, histories: list[list[tuple[int, str]]], start: int, end: int, cause: str) -> Lane:
@@ -197,6 +209,8 @@ _TEXT = {PENDING: ".", SWITCHED: "#", GONE: " "}
 
 
 def _char(state: str) -> str:
+    if state.startswith(UNSAFE):
+        return "!"
     return "b" if state.startswith("blocked") else _TEXT[state]
 
 
@@ -212,8 +226,14 @@ def render_text(lay: Layout, width: int = 60) -> str:
     marks = [" "] * width
     for t, kind, _ in lay.markers:
         c = col(t)
-        if marks[c] in (" ", "R"):
-            marks[c] = MARKERS[kind]
+        if kind == "attempt":
+            if marks[c] == " ":
+                marks[c] = "R"
+            continue
+        # a mark that shares its column with another goes to the nearest free one (retries give way)
+        free = [i for i in range(width) if marks[i] in (" ", "R")]
+        if free:
+            marks[min(free, key=lambda i: (abs(i - c), -i))] = MARKERS[kind]
     out.append(f"{'events':<{pad}} |{''.join(marks)}|")
     for ln, name in zip(lay.lanes, labels):
         cells = [" "] * width
@@ -222,8 +242,8 @@ def render_text(lay: Layout, width: int = 60) -> str:
                 cells[c] = _char(seg.state) if seg.share >= 0.5 or seg.state != SWITCHED else "+"
         out.append(f"{name:<{pad}} |{''.join(cells)}| {ln.detail}")
     out.append(f"{'':<{pad}}  0 s{' ' * max(1, width - 10)}{span / NSEC_PER_SEC:.1f} s")
-    out.append("legend: . unswitched  b blocked  # switched  + partly switched (group)  "
-               "R retry  S signals  F force  V reversal  C complete  X canceled")
+    out.append("legend: . unswitched  b blocked  # switched  ! switched inside changed code  "
+               "+ partly switched (group)  R retry  S signals  F force  V reversal  C complete  X canceled")
     blocked = sorted({s.state[9:] for ln in lay.lanes for s in ln.segments if s.state.startswith("blocked")})
     if blocked:
         out.append("blocked by: " + "; ".join(blocked))
@@ -232,18 +252,21 @@ def render_text(lay: Layout, width: int = 60) -> str:
 
 # -- SVG -------------------------------------------------------------------------------------------------------
 
-COLORS = {PENDING: "#d9d9d9", SWITCHED: "#4c9a5f", GONE: "#ffffff", "blocked": "#d9822b"}
+COLORS = {PENDING: "#d9d9d9", SWITCHED: "#4c9a5f", GONE: "#ffffff", "blocked": "#d9822b", "unsafe": "#c0392b"}
 MARK_COLORS = {"attempt": "#bbbbbb", "signal": "#7b4fbf", "force": "#c0392b", "reverse": "#2c6fbb",
                "complete": "#222222", "cancel": "#c0392b"}
 
 
 def _color(state: str) -> str:
+    if state.startswith(UNSAFE):
+        return COLORS["unsafe"]
     return COLORS["blocked"] if state.startswith("blocked") else COLORS[state]
 
 
 def render_svg(lay: Layout, width: int = 900) -> str:
-    left, top, lane_h, right = 190, 86, 18, 170
     char_w = 6.7  # monospace at font-size 11
+    left, top, lane_h = 190, 86, 18
+    right = max(170, int(char_w * max((len(ln.detail) for ln in lay.lanes), default=0)) + 16)
     plot_w = width - left - right
     height = top + lane_h * len(lay.lanes) + 60
     span = max(1, lay.end_ns - lay.start_ns)
@@ -291,7 +314,7 @@ def render_svg(lay: Layout, width: int = 900) -> str:
         parts.append(f'<text x="{tx:.1f}" y="{bottom + 16}" text-anchor="middle">{k * step:g} s</text>')
         k += 1
     legend = [(PENDING, "unswitched"), ("blocked", "blocked (a switch attempt failed)"),
-              (SWITCHED, "switched")]
+              (SWITCHED, "switched"), ("unsafe", "switched inside changed code")]
     lx = float(left)
     for state, text in legend:
         parts.append(f'<rect x="{lx}" y="{bottom + 28}" width="12" height="10" fill="{COLORS[state]}"/>')

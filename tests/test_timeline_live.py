@@ -63,7 +63,9 @@ def test_stalled_signalled_forced_transition(fast_mnt, modules, tmp_path):  # no
     events = next(line for line in lines if line.startswith("events"))
     assert events.index("S") < events.index("F") < events.index("C")
     lane = next(line for line in lines if f"{stuck[0]['pid']} stuck" in line)
-    assert lane.endswith("| force") and "b" in lane
+    assert lane.endswith("| force inside cmdline_proc_show")  # forced while it slept in the old code
+    bar = lane.split("|")[1]
+    assert "b" in bar and bar.endswith("!")
     assert "blocked by: sleeping on function cmdline_proc_show" in lines
 
     svg = tmp_path / "t.svg"

@@ -107,6 +107,10 @@ def _switch(klp: "Livepatch", task: Task, cause: Cause) -> None:
     if record is not None:
         record.note_task(task)
         record.switches.append((klp.k.clock.now_ns, klp.attempt, task_id(task), cause))
+        if cause in (Cause.FORCE, Cause.IMMEDIATE):  # the switches that need no proof: say when it was unsafe
+            name = _forbidden_frame(klp, task)
+            if name is not None:
+                record.event(klp.k.clock.now_ns, klp.attempt, "unsafe", f"{task_id(task)}:{name}")
 
 
 def _blocked(klp: "Livepatch", task: Task, why: str) -> None:
