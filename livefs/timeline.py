@@ -225,15 +225,18 @@ def render_text(lay: Layout, width: int = 60) -> str:
     out = [lay.title, *lay.summary, ""]
     marks = [" "] * width
     for t, kind, _ in lay.markers:
-        c = col(t)
         if kind == "attempt":
-            if marks[c] == " ":
-                marks[c] = "R"
-            continue
-        # a mark that shares its column with another goes to the nearest free one (retries give way)
-        free = [i for i in range(width) if marks[i] in (" ", "R")]
-        if free:
-            marks[min(free, key=lambda i: (abs(i - c), -i))] = MARKERS[kind]
+            marks[col(t)] = "R"
+    # the other marks keep their order: one that would share a column moves right (or, at the edge, the
+    # ones before it move left); retries give way
+    named = [(col(t), MARKERS[kind]) for t, kind, _ in lay.markers if kind != "attempt"][-width:]
+    places: list[int] = []
+    for c, _ in named:
+        places.append(max(c, places[-1] + 1) if places else c)
+    for i in range(len(places) - 1, -1, -1):
+        places[i] = min(places[i], width - 1 if i == len(places) - 1 else places[i + 1] - 1)
+    for p, (_, mark) in zip(places, named):
+        marks[p] = mark
     out.append(f"{'events':<{pad}} |{''.join(marks)}|")
     for ln, name in zip(lay.lanes, labels):
         cells = [" "] * width
