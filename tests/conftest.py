@@ -61,7 +61,7 @@ class Machine:
     def __init__(self, kernel: Kernel) -> None:
         self.k = kernel
         self.shell = kernel.task_for(5000, "bash")
-        self.mark = 0
+        self.mark = kernel.printk.next_seq  # after the boot log (the banner)
 
     def task(self, comm: str) -> Task:
         return self.k.task_for(self.k.tasks.new_pid(), comm, ppid=self.shell.pid)

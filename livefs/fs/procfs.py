@@ -114,6 +114,7 @@ def proc_dir() -> Dir:
         k = req.kernel
         yield "cmdline", Attr(st_size=0, show=lambda r: k.call(r.task, "vmlinux", "cmdline_proc_show"))
         yield "meminfo", Attr(st_size=0, show=lambda r: k.call(r.task, "vmlinux", "meminfo_proc_show"))
+        yield "version", Attr(st_size=0, show=lambda r: k.call(r.task, "vmlinux", "version_proc_show"))
         yield "kallsyms", Attr(st_size=0, show=lambda r: r.kernel.kallsyms())
         yield "modules", Attr(st_size=0, show=_proc_modules)
         yield "self", Symlink(target=lambda r: str(r.task.tgid))

@@ -23,7 +23,7 @@ from .livepatch.consistency import ConsistencyModel
 from .livepatch.transition import klp_copy_process, klp_new_task, klp_task_exit, klp_update_patch_state
 from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
-from .printk import KERN_ERR, DynamicDebug, Printk
+from .printk import KERN_ERR, KERN_NOTICE, DynamicDebug, Printk
 from .symbols import VMLINUX, KFunc, SymbolTable
 from .kprobes import Kprobes
 from .livepatch.shadow import ShadowTable
@@ -111,6 +111,29 @@ def _sys_getpid(call: CallContext) -> int:
     return call.task.tgid
 
 
+def _version_proc_show(call: CallContext) -> str:
+    """fs/proc/version.c: seq_printf(m, linux_proc_banner, utsname()->sysname,
+    utsname()->release, utsname()->version)."""
+    u = call.kernel.utsname
+    return call.kernel.linux_proc_banner % (u.sysname, u.release, u.version)
+
+
+@attrs.frozen
+class UtsName:
+    """What uname(2) and /proc/version report (init_uts_ns)."""
+
+    sysname: str
+    release: str
+    version: str
+
+
+# init/version.c's build identity (include/generated/compile.h): x86_64 Debian 12's toolchain
+LINUX_COMPILE_BY = "livefs"
+LINUX_COMPILE_HOST = "livefs"
+LINUX_COMPILER = "gcc (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40"
+UTS_VERSION = "#1 SMP PREEMPT_DYNAMIC livefs"
+
+
 class Kernel:
     def __init__(self, version: KernelVersion = MAINLINE, ncpus: int = 2,
                  cmdline: str = DEFAULT_CMDLINE, boot_ns: int = 0,
@@ -125,6 +148,7 @@ class Kernel:
         self.printk = Printk(self.clock)
         self.dyndbg = DynamicDebug()
         self.symbols = SymbolTable()
+        self.utsname = UtsName("Linux", version.release, UTS_VERSION)
         self.tasks = TaskList(next_pid=pid_base)
         self.text = Text()
         self.ftrace = Ftrace(self.text)
@@ -143,11 +167,23 @@ class Kernel:
         self._boot()
 
     # -- boot -------------------------------------------------------------------
+    @property
+    def linux_proc_banner(self) -> str:
+        return f"%s version %s ({LINUX_COMPILE_BY}@{LINUX_COMPILE_HOST}) ({LINUX_COMPILER}) %s\n"
+
+    @property
+    def linux_banner(self) -> str:
+        u = self.utsname
+        return f"Linux version {u.release} ({LINUX_COMPILE_BY}@{LINUX_COMPILE_HOST}) ({LINUX_COMPILER}) {u.version}\n"
+
     def _boot(self) -> None:
+        # start_kernel(): pr_notice("%s", linux_banner), the first record of the log, at time 0
+        self.printk.log(KERN_NOTICE, self.linux_banner.rstrip("\n"), ts_ns=0)
         for name in _SCHED_FUNCS:
             self.symbols.add(KFunc(name))
         self.symbols.add(KFunc("cmdline_proc_show", body=_cmdline_proc_show))
         self.symbols.add(KFunc("meminfo_proc_show", body=_meminfo_proc_show))
+        self.symbols.add(KFunc("version_proc_show", body=_version_proc_show))
         self.symbols.add(KFunc("__x64_sys_getpid", body=_sys_getpid))
         self.symbols.add(KFunc("printk", notrace=True))
         # v6.4+: cond_resched() tries a livepatch switch only while this key is on

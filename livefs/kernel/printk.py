@@ -51,8 +51,9 @@ class Printk:
     def __attrs_post_init__(self) -> None:
         self.records = deque(maxlen=self.capacity)
 
-    def log(self, level: int, text: str, facility: int = 0, caller: str = "T0") -> LogRecord:
-        rec = LogRecord(self.next_seq, self.clock.now_ns, facility, level, text, caller)
+    def log(self, level: int, text: str, facility: int = 0, caller: str = "T0",
+            ts_ns: int | None = None) -> LogRecord:
+        rec = LogRecord(self.next_seq, self.clock.now_ns if ts_ns is None else ts_ns, facility, level, text, caller)
         self.next_seq += 1
         self.records.append(rec)
         for listener in self.listeners:
