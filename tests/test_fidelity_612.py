@@ -3,6 +3,7 @@ recorded, checked here on the model and through a real mount."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -59,3 +60,54 @@ def test_proc_version_is_served_by_the_model(mnt, modules):
            f"&& cat {mnt}/proc/version", env=shim_env(mnt))
     assert r.stdout == before
 
+
+# -- parameter errors (kernel/params.c parse_args, lib/kstrtox.c) --------------------------
+
+@pytest.mark.parametrize("args,ret,message", [
+    ("pre_patch_ret=abc", -errno.EINVAL, "`abc' invalid for parameter `pre_patch_ret'"),
+    ("pre_patch_ret=", -errno.EINVAL, "`' invalid for parameter `pre_patch_ret'"),
+    ("pre_patch_ret", -errno.EINVAL, "`' invalid for parameter `pre_patch_ret'"),
+    ("pre_patch_ret=99999999999", -errno.ERANGE, "`99999999999' invalid for parameter `pre_patch_ret'"),
+    ("pre_patch_ret=2147483648", -errno.ERANGE, "`2147483648' invalid for parameter `pre_patch_ret'"),
+    ("pre_patch_ret=-2147483649", -errno.ERANGE, "`-2147483649' invalid for parameter `pre_patch_ret'"),
+    ("pre_patch_ret=0x1ffffffffffffffff", -errno.ERANGE,
+     "`0x1ffffffffffffffff' invalid for parameter `pre_patch_ret'"),
+])
+def test_insmod_parameter_errors_quote_and_range(machine, args, ret, message):
+    assert machine.insmod("lp_callbacks", args) == ret
+    assert machine.log()[-1] == f"lp_callbacks: {message}"
+    assert machine.k.modules.get("lp_callbacks") is None
+
+
+def test_uint_parameter_takes_up_to_uint_max(machine):
+    assert machine.insmod("lp_busy_target", "hold_max_ms=-1") == -errno.EINVAL
+    assert machine.log()[-1] == "lp_busy_target: `-1' invalid for parameter `hold_max_ms'"
+    assert machine.insmod("lp_busy_target", "hold_max_ms=4294967296") == -errno.ERANGE
+    assert machine.insmod("lp_busy_target", "hold=0 hold_max_ms=4294967295") == 0
+    mod = machine.k.modules.get("lp_busy_target")
+    assert mod.params["hold_max_ms"].show() == "4294967295\n"
+    store = machine.k.modules.param_store
+    assert store(mod, "hold_max_ms", b"4294967296\n") == -errno.ERANGE
+    assert store(mod, "hold_max_ms", b"-1\n") == store(mod, "hold_max_ms", b"12x\n") == -errno.EINVAL
+    assert store(mod, "hold_max_ms", b"+0x20\n") == 0 and mod.params["hold_max_ms"].value == 32
+
+
+def test_every_bad_parameter_is_reported_and_the_last_error_wins(machine):
+    assert machine.insmod("lp_busy_target", "hold_max_ms=4294967296 hold=maybe") == -errno.EINVAL
+    assert machine.log()[-2:] == ["lp_busy_target: `4294967296' invalid for parameter `hold_max_ms'",
+                                  "lp_busy_target: `maybe' invalid for parameter `hold'"]
+
+
+def test_sysfs_parameter_write_out_of_range_is_erange(mnt, modules):
+    r = sh(f"insmod {modules}/lp_busy_target.ko hold=0 hold_max_ms=300", env=shim_env(mnt))
+    assert r.returncode == 0, r.stderr
+    param = f"{mnt}/sys/module/lp_busy_target/parameters/hold_max_ms"
+    r = sh(f"echo 4294967296 > {param}; echo abc > {param}; echo 4294967295 > {param}; cat {param}")
+    assert r.stderr.splitlines() == [
+        "bash: line 1: echo: write error: Numerical result out of range",
+        "bash: line 1: echo: write error: Invalid argument"], r.stderr
+    assert r.stdout == "4294967295\n"
+    r = sh(f"insmod {modules}/lp_callbacks.ko pre_patch_ret=2147483648", env=shim_env(mnt))
+    assert r.returncode == 1
+    assert r.stderr.endswith("lp_callbacks.ko: Numerical result out of range\n"), r.stderr
+    sh("rmmod lp_busy_target", env=shim_env(mnt))

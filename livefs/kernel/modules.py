@@ -199,20 +199,10 @@ class ModuleLoader:
             self._taint(mod, TAINT_UNSIGNED_MODULE,
                         "module verification failed: signature and/or required key missing - tainting kernel",
                         KERN_NOTICE)
-        for pname, value in split_args(args):
-            pv = mod.params.get(pname)
-            if pv is None:
-                self.k.printk_task(KERN_WARNING, f"{name}: unknown parameter '{pname}' ignored")
-                continue
-            if value is None and pv.decl.type != "bool":
-                self.k.printk_task(KERN_ERR, f"{name}: '' invalid for parameter '{pname}'")
-                del self.modules[name]
-                return -errno.EINVAL
-            # param_set_bool() takes a bare "name" as "name=1"
-            if pv.parse(value if value is not None else "1"):
-                self.k.printk_task(KERN_ERR, f"{name}: '{value}' invalid for parameter '{pname}'")
-                del self.modules[name]
-                return -errno.EINVAL
+        ret = self._parse_args(mod, args)
+        if ret:
+            del self.modules[name]
+            return ret
         uses = []
         for fdecl in defn.functions:
             func = self.k.symbols.add(KFunc(fdecl.name, name, body=fdecl.body, notrace=fdecl.notrace,
@@ -239,6 +229,25 @@ class ModuleLoader:
             print_dump_stack(self.k)
         mod.state = ModuleState.LIVE
         return 0
+
+    def _parse_args(self, mod: Module, args: str) -> int:
+        """parse_args(): every word is parsed, each error logged as parse_one()'s
+        caller quotes it; the last error is the load's.  Unknown names are
+        unknown_module_param_cb()'s warning, not an error."""
+        err = 0
+        for pname, value in split_args(args):
+            pv = mod.params.get(pname)
+            if pv is None:
+                self.k.printk_task(KERN_WARNING, f"{mod.name}: unknown parameter '{pname}' ignored")
+                continue
+            if value is None and pv.decl.type != "bool":
+                ret = -errno.EINVAL  # parse_one(): a bare "name" only for NOARG types
+            else:
+                ret = pv.parse("1" if value is None else value)  # param_set_bool(): NULL is "1"
+            if ret:
+                self.k.printk_task(KERN_ERR, f"{mod.name}: `{value or ''}' invalid for parameter `{pname}'")
+                err = ret
+        return err
 
     def _jump_labels_resolvable(self, defn: ModuleDef) -> bool:
         """A livepatch module's jump labels must use vmlinux keys or its own:

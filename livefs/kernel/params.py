@@ -11,26 +11,52 @@ import attrs
 from .moddef import Param
 
 INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
-_KSTRTOINT = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", re.ASCII)
+UINT_MAX = (1 << 32) - 1
+ULLONG_MAX = (1 << 64) - 1
+_KSTRTOX = re.compile(r"(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", re.ASCII)
 
 
-def parse_kernel_int(text: str) -> int | None:
-    """kstrtoint(.., 0, ..): decimal, 0x hex or 0 octal, optional sign and
-    newline; nothing else -- no blanks, no underscores, no sign after the
-    prefix (Python's int() would take all three)."""
-    t = text[:-1] if text.endswith("\n") else text
-    m = _KSTRTOINT.fullmatch(t)
+def _kstrtoull(t: str) -> int:
+    """_kstrtoull(s, 0): an optional '+', digits in base 0 and an optional
+    newline; the value, or -EINVAL for anything else (blanks, underscores, a
+    '-'), -ERANGE past ULLONG_MAX."""
+    t = t[:-1] if t.endswith("\n") else t
+    t = t[1:] if t.startswith("+") else t
+    m = _KSTRTOX.fullmatch(t)
     if m is None:
-        return None
-    sign, digits = (-1 if m.group(1) == "-" else 1), m.group(2)
+        return -errno.EINVAL
+    digits = m.group(1)
     if digits[:2].lower() == "0x":
         value = int(digits[2:], 16)
     elif digits.startswith("0") and len(digits) > 1:
         value = int(digits[1:], 8)
     else:
         value = int(digits, 10)
-    value *= sign
-    return value if INT_MIN <= value <= INT_MAX else None
+    return value if value <= ULLONG_MAX else -errno.ERANGE
+
+
+def kstrtox(text: str, signed: bool, bits: int = 32) -> tuple[int, int]:
+    """kstrtoint()/kstrtouint() (base 0): ``(value, 0)`` or ``(0, -errno)``:
+    -EINVAL for what is not a number, -ERANGE for a number that does not fit
+    (lib/kstrtox.c; kstrtoll() parses a leading '-' itself, kstrtoull() never)."""
+    negative = signed and text.startswith("-")
+    value = _kstrtoull(text[1:] if negative else text)
+    if value < 0:
+        return 0, value
+    if negative:
+        value = -value
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if not lo <= value <= hi:
+        return 0, -errno.ERANGE
+    return value, 0
+
+
+def parse_kernel_int(text: str) -> int | None:
+    """kstrtoint(.., 0, ..): decimal, 0x hex or 0 octal, optional sign and
+    newline; nothing else -- no blanks, no underscores, no sign after the
+    prefix (Python's int() would take all three).  None for any error."""
+    value, err = kstrtox(text, signed=True)
+    return None if err else value
 
 
 def parse_bool(text: str) -> bool | None:
@@ -57,7 +83,8 @@ class ParamValue:
     value: Any
 
     def parse(self, text: str) -> int:
-        """param_set_*(): store ``text``; 0 or -EINVAL, value untouched on error."""
+        """param_set_*(): store ``text``; 0 or a negative errno (-EINVAL, or
+        -ERANGE for a number that does not fit the type), value untouched on error."""
         kind = self.decl.type
         if kind == "bool":
             b = parse_bool(text)
@@ -65,14 +92,18 @@ class ParamValue:
                 return -errno.EINVAL
             self.value = b
         elif kind in ("int", "uint"):
-            v = parse_kernel_int(text)
-            if v is None or (kind == "uint" and v < 0):
-                return -errno.EINVAL
+            v, err = kstrtox(text, signed=kind == "int")
+            if err:
+                return err
             self.value = v
         elif kind == "int_array":
-            items = [parse_kernel_int(x) for x in text.rstrip("\n").split(",")]
-            if any(v is None for v in items):
-                return -errno.EINVAL
+            # param_array(): each element through param_set_int, the first error wins
+            items = []
+            for x in text.rstrip("\n").split(","):
+                v, err = kstrtox(x, signed=True)
+                if err:
+                    return err
+                items.append(v)
             self.value = items
         else:
             self.value = text.rstrip("\n")
