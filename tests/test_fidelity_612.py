@@ -12,7 +12,7 @@ import pytest
 
 from livefs.tools import tools_dir
 
-from conftest import sh
+from conftest import livefs_cli, sh
 
 SHIMS = tools_dir()
 
@@ -111,3 +111,45 @@ def test_sysfs_parameter_write_out_of_range_is_erange(mnt, modules):
     assert r.returncode == 1
     assert r.stderr.endswith("lp_callbacks.ko: Numerical result out of range\n"), r.stderr
     sh("rmmod lp_busy_target", env=shim_env(mnt))
+
+
+# -- /proc/<pid>/{stat,status,cmdline} of model tasks (fs/proc/array.c) ----------------------
+
+def _proc_file(k, pid: int, name: str) -> bytes:
+    from livefs.fs.procfs import proc_dir
+    from livefs.fs.tree import Request, resolve
+    req = Request(k, k.tasks.get(1))
+    node = resolve(proc_dir(), req, f"{pid}/{name}")
+    assert node is not None, f"no /proc/{pid}/{name}"
+    return node.open(req, os.O_RDONLY).read(req, 1 << 16, 0)
+
+
+def test_model_tasks_have_stat_status_and_cmdline(machine):
+    from livefs.kernel.tasks import TaskKind
+    k = machine.k
+    stuck = k.sched.spawn(TaskKind.KTHREAD, "lp_stuck", k.vmlinux_func("cmdline_proc_show"), interruptible=False)
+    user = k.sched.spawn(TaskKind.USER, "bob", None)
+    stat = _proc_file(k, stuck.pid, "stat").decode()
+    fields = stat.split()
+    assert stat.endswith("\n") and len(fields) == 52  # 6.12's do_task_stat()
+    assert fields[:6] == [str(stuck.pid), "(lp_stuck)", "D", "2", "0", "0"]
+    assert int(fields[8]) & 0x200000  # PF_KTHREAD: ps shows it as [lp_stuck]
+    status = _proc_file(k, stuck.pid, "status").decode().splitlines()
+    assert status[:3] == ["Name:\tlp_stuck", "Umask:\t0000", "State:\tD (disk sleep)"]
+    assert f"Pid:\t{stuck.pid}" in status and "PPid:\t2" in status and "Kthread:\t1" in status
+    assert "Cpus_allowed_list:\t0" in status  # one model CPU
+    assert _proc_file(k, stuck.pid, "cmdline") == b""
+    assert _proc_file(k, user.pid, "cmdline") == b"bob\0"
+    assert _proc_file(k, user.pid, "stat").split()[:4] == [str(user.pid).encode(), b"(bob)", b"R", b"1"]
+    assert "Kthread:\t0" in _proc_file(k, user.pid, "status").decode().splitlines()
+    assert _proc_file(k, 2, "task/2/stat").split()[1] == b"(kthreadd)"
+
+
+def test_ps_and_pgrep_see_model_kthreads(require_fuse, tmp_path):
+    r = livefs_cli("run", "--cpus", "2", "--", "bash", "-c",
+                   'echo "spawn kthread lp_stuck cmdline_proc_show uninterruptible" > /sys/kernel/debug/livefs/tasks'
+                   '; P=$(pgrep -x lp_stuck) && grep -E "^(Name|State|PPid):" /proc/$P/status'
+                   ' && ps -o ppid=,stat=,args= -p $P', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n") == ["Name:\tlp_stuck", "State:\tD (disk sleep)", "PPid:\t2",
+                                     "    2 D    [lp_stuck]", ""], r.stdout

@@ -8,9 +8,9 @@ from typing import Iterable
 
 from livefs.kernel.modules import ModuleState
 from livefs.kernel.panic import add_taint_mask
-from livefs.kernel.tasks import Task
+from livefs.kernel.tasks import RunState, Task, TaskKind
 
-from .hostproc import host_euid
+from .hostproc import HOST_PROC, host_euid
 from .tree import Attr, Dir, Node, Request, Symlink
 
 TASK_COMM_LEN = 16
@@ -22,6 +22,92 @@ def parse_dointvec(data: bytes) -> int | None:
     """proc_dointvec() for a single value: optional whitespace around one integer."""
     m = _DOINTVEC.match(data)
     return int(m.group(1)) if m else None
+
+
+# include/linux/sched.h: PF_FORKNOEXEC, PF_SUPERPRIV, PF_NOFREEZE, PF_KTHREAD, PF_RANDOMIZE
+PF_FORKNOEXEC, PF_SUPERPRIV, PF_NOFREEZE, PF_KTHREAD, PF_RANDOMIZE = 0x40, 0x100, 0x8000, 0x200000, 0x400000
+EXIT_SIGNAL = 17  # SIGCHLD: kernel_thread() and fork() both ask for it
+CAP_FULL = (1 << 41) - 1  # CAP_LAST_CAP 40: everything a kthread or root holds
+RLIM_INFINITY = (1 << 64) - 1
+SIGIGN_ALL = (1 << 64) - 1  # ignore_signals() of kthreadd, inherited by every kthread
+
+
+def _state(task: Task) -> str:
+    """get_task_state(): what ``State:`` (and, by its first letter, stat) says."""
+    if task.state is RunState.SLEEPING:
+        return "S (sleeping)" if task.interruptible else "D (disk sleep)"
+    return "R (running)"  # on a CPU, or in user space
+
+
+def _pgid_sid(task: Task) -> tuple[int, int]:
+    return (0, 0) if task.is_kthread else (task.tgid, task.tgid)
+
+
+def _pid_stat(task: Task) -> str:
+    """do_task_stat() (fs/proc/array.c) of a model task: the fields tools read
+    (pid, comm, state, ppid, pgrp, session, flags, threads, processor) are the
+    task's; times, faults and memory are zeros, as for a task with no mm."""
+    kthread = task.is_kthread
+    flags = PF_KTHREAD | PF_NOFREEZE | PF_FORKNOEXEC if kthread else PF_RANDOMIZE | PF_SUPERPRIV
+    pgid, sid = _pgid_sid(task)
+    sigign = (SIGIGN_ALL if kthread else 0) & 0x7FFFFFFF
+    wchan = int(task.state is RunState.SLEEPING)
+    fields = [task.pid, f"({task.comm})", _state(task)[0], task.ppid, pgid, sid, 0, -1, flags,
+              0, 0, 0, 0,                   # min_flt cmin_flt maj_flt cmaj_flt
+              0, 0, 0, 0,                   # utime stime cutime cstime
+              20, 0, 1, 0, 0,               # priority nice num_threads itrealvalue start_time
+              0, 0, RLIM_INFINITY, 0, 0, 0, 0, 0,  # vsize rss rsslim start_code end_code start_stack esp eip
+              0, 0, sigign, 0, wchan, 0, 0,        # signal blocked sigignore sigcatch wchan nswap cnswap
+              EXIT_SIGNAL, task.cpu or 0, 0, 0, 0, 0, 0,  # exit_signal processor rt_priority policy blkio gtime cgtime
+              0, 0, 0, 0, 0, 0, 0, 0]       # start_data end_data start_brk arg_start arg_end env_start env_end exit_code
+    return " ".join(str(f) for f in fields) + "\n"
+
+
+def _bitmap(bits: int, nbits: int) -> str:
+    """%*pb: hex in comma-separated 32-bit groups."""
+    groups = (nbits + 31) // 32
+    return ",".join(f"{(bits >> (32 * i)) & 0xFFFFFFFF:0{8 if i < groups - 1 else (nbits - 32 * i + 3) // 4}x}"
+                    for i in reversed(range(groups)))
+
+
+def _pid_status(task: Task, ncpus: int) -> str:
+    """proc_pid_status() (fs/proc/array.c) of a model task, x86_64 6.12 layout;
+    no Vm* lines (a model task has no mm)."""
+    kthread = task.is_kthread
+    pgid, sid = _pgid_sid(task)
+    name = task.comm.replace("\\", "\\\\").replace("\n", "\\n")
+    caps = f"{CAP_FULL:016x}"
+    lines = [
+        f"Name:\t{name}", "Umask:\t0000" if kthread else "Umask:\t0022", f"State:\t{_state(task)}",
+        f"Tgid:\t{task.tgid}", "Ngid:\t0", f"Pid:\t{task.pid}", f"PPid:\t{task.ppid}", "TracerPid:\t0",
+        "Uid:\t0\t0\t0\t0", "Gid:\t0\t0\t0\t0", "FDSize:\t64", "Groups:\t ",
+        f"NStgid:\t{task.tgid}", f"NSpid:\t{task.pid}", f"NSpgid:\t{pgid}", f"NSsid:\t{sid}",
+        f"Kthread:\t{int(kthread)}", "Threads:\t1", "SigQ:\t0/7748",
+        "SigPnd:\t0000000000000000", "ShdPnd:\t0000000000000000", "SigBlk:\t0000000000000000",
+        f"SigIgn:\t{SIGIGN_ALL if kthread else 0:016x}", "SigCgt:\t0000000000000000",
+        "CapInh:\t0000000000000000", f"CapPrm:\t{caps}", f"CapEff:\t{caps}", f"CapBnd:\t{caps}",
+        "CapAmb:\t0000000000000000", "NoNewPrivs:\t0", "Seccomp:\t0", "Seccomp_filters:\t0",
+        "Speculation_Store_Bypass:\tthread vulnerable", "SpeculationIndirectBranch:\tconditional enabled",
+        f"Cpus_allowed:\t{_bitmap((1 << ncpus) - 1, ncpus)}",
+        f"Cpus_allowed_list:\t{'0' if ncpus == 1 else f'0-{ncpus - 1}'}",
+        f"Mems_allowed:\t{_bitmap(1, 1024)}", "Mems_allowed_list:\t0",
+        f"voluntary_ctxt_switches:\t{task.wakeups}", "nonvoluntary_ctxt_switches:\t0",
+        "x86_Thread_features:\t", "x86_Thread_features_locked:\t",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _pid_cmdline(task: Task) -> bytes:
+    """proc_pid_cmdline_read(): nothing for a kthread (no mm); a staged user
+    task's argv is its name."""
+    return b"" if task.is_kthread else task.comm.encode("utf-8", "surrogateescape") + b"\0"
+
+
+def _host_file(pid: int, name: str):
+    def show(req: Request) -> bytes:
+        with open(f"{HOST_PROC}/{pid}/{name}", "rb") as f:
+            return f.read()
+    return show
 
 
 def _task_dir(task: Task) -> Dir:
@@ -49,6 +135,14 @@ def _task_dir(task: Task) -> Dir:
         ("patch_state", Attr(perm=0o400, st_size=0, show=lambda req: f"{task.patch_state}\n", owner=owner)),
         ("stack", Attr(perm=0o400, st_size=0, show=stack, owner=owner)),
     ]
+    if task.external:  # a host process: what the host's procfs says
+        files += [(n, Attr(st_size=0, show=_host_file(task.pid, n), owner=owner)) for n in ("cmdline", "stat", "status")]
+    else:
+        files += [
+            ("cmdline", Attr(st_size=0, show=lambda req: _pid_cmdline(task), owner=owner)),
+            ("stat", Attr(st_size=0, show=lambda req: _pid_stat(task), owner=owner)),
+            ("status", Attr(st_size=0, show=lambda req: _pid_status(task, req.kernel.ncpus), owner=owner)),
+        ]
     thread = Dir(perm=0o555, entries=lambda req: files)  # model tasks are single-threaded
     tasks = Dir(perm=0o555, entries=lambda req: [(str(task.pid), thread)])
     return Dir(perm=0o555, entries=lambda req: files + [("task", tasks)])
