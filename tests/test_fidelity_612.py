@@ -153,3 +153,45 @@ def test_ps_and_pgrep_see_model_kthreads(require_fuse, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n") == ["Name:\tlp_stuck", "State:\tD (disk sleep)", "PPid:\t2",
                                      "    2 D    [lp_stuck]", ""], r.stdout
+
+
+# -- /proc/kallsyms ----------------------------------------------------------------------------
+
+def _kallsyms(k) -> list[tuple[int, str, str]]:
+    out = []
+    for line in k.kallsyms().splitlines():
+        addr, kind, rest = line.split(" ", 2)
+        out.append((int(addr, 16), kind, rest))
+    return out
+
+
+def test_kallsyms_static_functions_prefix_symbols_and_module_space(machine):
+    k = machine.k
+    assert machine.insmod("lp_busy_target", "hold=0") == 0
+    syms = _kallsyms(k)
+    by_name = {rest: (addr, kind) for addr, kind, rest in syms}
+    # static in fs/proc/cmdline.c and fs/proc/version.c, global in kernel/sched/core.c
+    assert by_name["cmdline_proc_show"][1] == by_name["version_proc_show"][1] == "t"
+    assert by_name["schedule"][1] == "T"
+    # CONFIG_FUNCTION_PADDING_ALIGNMENT: __pfx_NAME, same type, the 16 bytes before NAME
+    for name in ("cmdline_proc_show", "schedule", "lp_busy_target_wait\t[lp_busy_target]"):
+        addr, kind = by_name[name]
+        assert by_name[f"__pfx_{name}"] == (addr - 16, kind)
+    # module text lives in module space, at the address /proc/modules gives the module
+    base = k.modules.get("lp_busy_target").base
+    assert by_name["lp_busy_target_wait\t[lp_busy_target]"] == (base + 16, "t")
+    assert base >= 0xFFFFFFFFC0000000 > max(a for a, _, rest in syms if "\t[" not in rest)
+
+
+def test_replacement_functions_stay_in_kallsyms_while_their_module_is_loaded(machine):
+    k = machine.k
+    assert machine.insmod("lp_cmdline") == 0 and machine.insmod("lp_replace") == 0
+    k.settle()
+    assert [p.name for p in k.livepatch.sysfs_patches] == ["lp_replace"]  # lp_cmdline's patch is freed
+    names = [rest for _, _, rest in _kallsyms(k)]
+    assert "oracle_cmdline_show\t[lp_cmdline]" in names and "oracle_cmdline_show\t[lp_replace]" in names
+    from livefs.fs.tracefs import _available
+    from livefs.fs.tree import Request
+    assert "oracle_cmdline_show [lp_cmdline]" in _available(Request(k, machine.shell)).splitlines()
+    assert machine.rmmod("lp_cmdline") == 0
+    assert not any(rest.endswith("[lp_cmdline]") for _, _, rest in _kallsyms(k))

@@ -97,6 +97,12 @@ _SCHED_FUNCS = [
     "do_wait", "kernel_wait4", "__x64_sys_wait4", "cond_resched", "msleep",
     "process_one_work", "devkmsg_read", "devkmsg_write",
 ]
+# the ones that are static in their file in 6.12 (kallsyms 't')
+_STATIC_FUNCS = {
+    "__schedule", "do_idle", "kthread", "smpboot_thread_fn", "worker_thread", "rcu_gp_kthread", "do_epoll_wait",
+    "ep_poll", "proc_reg_read_iter", "kernfs_fop_read_iter", "kernfs_fop_write_iter", "__do_sys_finit_module",
+    "load_module", "do_init_module", "process_one_work", "devkmsg_read", "devkmsg_write",
+}
 
 
 def _cmdline_proc_show(call: CallContext) -> str:
@@ -180,10 +186,10 @@ class Kernel:
         # start_kernel(): pr_notice("%s", linux_banner), the first record of the log, at time 0
         self.printk.log(KERN_NOTICE, self.linux_banner.rstrip("\n"), ts_ns=0)
         for name in _SCHED_FUNCS:
-            self.symbols.add(KFunc(name))
-        self.symbols.add(KFunc("cmdline_proc_show", body=_cmdline_proc_show))
-        self.symbols.add(KFunc("meminfo_proc_show", body=_meminfo_proc_show))
-        self.symbols.add(KFunc("version_proc_show", body=_version_proc_show))
+            self.symbols.add(KFunc(name, static=name in _STATIC_FUNCS))
+        self.symbols.add(KFunc("cmdline_proc_show", body=_cmdline_proc_show, static=True))
+        self.symbols.add(KFunc("meminfo_proc_show", body=_meminfo_proc_show, static=True))
+        self.symbols.add(KFunc("version_proc_show", body=_version_proc_show, static=True))
         self.symbols.add(KFunc("__x64_sys_getpid", body=_sys_getpid))
         self.symbols.add(KFunc("printk", notrace=True))
         # v6.4+: cond_resched() tries a livepatch switch only while this key is on
@@ -212,16 +218,32 @@ class Kernel:
     # data symbols /proc/kallsyms lists besides the functions (tools probe for them)
     DATA_SYMBOLS = ("kprobe_ftrace_ops", "kprobe_ipmodify_ops", "klp_transition_work", "klp_patches")
 
+    VMLINUX_TEXT = 0xFFFFFFFF81000000
+    VMLINUX_DATA = 0xFFFFFFFF82000000
+    PADDING = 16  # CONFIG_FUNCTION_PADDING_ALIGNMENT: __pfx_<name> fills the 16 bytes before each function
+
     def kallsyms(self) -> str:
+        """/proc/kallsyms as x86_64 Debian's 6.12 has it: vmlinux text (``T``
+        global, ``t`` static, each function after its ``__pfx_`` padding
+        symbol), vmlinux data, then each module's text at its own address in
+        module space, newest module first.  A module symbol is lowercase
+        unless exported (kallsyms s_show()); the model exports none."""
         lines = []
-        addr = 0xFFFFFFFF81000000
-        for obj, funcs in self.symbols.objects.items():
+
+        def text(funcs: list[KFunc], addr: int, where: str, local: bool) -> None:
             for f in funcs:
-                where = "" if obj == VMLINUX else f"\t[{obj}]"
-                kind = "T" if obj == VMLINUX else "t"
-                lines.append(f"{addr:016x} {kind} {f.name}{where}")
-                addr += 0x40
-        lines += [f"{0xFFFFFFFF82000000 + 0x40 * i:016x} d {name}" for i, name in enumerate(self.DATA_SYMBOLS)]
+                kind = "t" if local or f.static else "T"
+                lines.append(f"{addr:016x} {kind} __pfx_{f.name}{where}")
+                lines.append(f"{addr + self.PADDING:016x} {kind} {f.name}{where}")
+                addr += self.PADDING + -(-f.size // self.PADDING) * self.PADDING
+
+        text(self.symbols.functions(VMLINUX), self.VMLINUX_TEXT, "", False)
+        lines += [f"{self.VMLINUX_DATA + 0x40 * i:016x} d {name}" for i, name in enumerate(self.DATA_SYMBOLS)]
+        loaded = {name: mod.base for name, mod in self.modules.modules.items()}
+        others = [obj for obj in self.symbols.objects if obj != VMLINUX and obj not in loaded]
+        for obj in [*reversed(list(loaded)), *others]:
+            base = loaded.get(obj) or self.modules.MODULES_VADDR
+            text(self.symbols.functions(obj), base, f"\t[{obj}]", True)
         return "\n".join(lines) + "\n"
 
     HZ = 250
@@ -230,9 +252,10 @@ class Kernel:
     def jiffies(self) -> int:
         return self.INITIAL_JIFFIES + self.clock.now_ns * self.HZ // NSEC_PER_SEC
 
-    def add_vmlinux_function(self, name: str, body: Any, notrace: bool = False) -> KFunc:
-        """Declare more vmlinux code (for modelling the code a fix touches)."""
-        return self.symbols.add(KFunc(name, VMLINUX, body=body, notrace=notrace))
+    def add_vmlinux_function(self, name: str, body: Any, notrace: bool = False, static: bool = False) -> KFunc:
+        """Declare more vmlinux code (for modelling the code a fix touches);
+        ``static`` for a file-local function (kallsyms ``t``)."""
+        return self.symbols.add(KFunc(name, VMLINUX, body=body, notrace=notrace, static=static))
 
     def vmlinux_func(self, name: str) -> KFunc:
         return self.symbols.find(VMLINUX, name)[0]

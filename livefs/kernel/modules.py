@@ -149,6 +149,8 @@ class Module:
 
 @attrs.define(eq=False)
 class ModuleLoader:
+    MODULES_VADDR = 0xFFFFFFFFC0000000  # x86_64 module space (as KASLR leaves it on Debian)
+
     k: "Kernel"
     modules: dict[str, Module] = attrs.field(factory=dict)  # insertion order = load order
     tainted: int = 0
@@ -186,7 +188,7 @@ class ModuleLoader:
         if name in self.modules:
             return -errno.EEXIST
         self._loads += 1
-        mod = Module(defn, base=0xFFFFFFFFC0000000 + 0x10000 * self._loads)
+        mod = Module(defn, base=self.MODULES_VADDR + 0x10000 * self._loads)
         mod.ctx = ModuleContext(self.k, mod)
         for decl in defn.params:
             mod.params[decl.name] = ParamValue(decl, list(decl.default) if isinstance(decl.default, list) else decl.default)

@@ -32,6 +32,7 @@ class KFunc:
     size: int = 0x40
     notrace: bool = False
     sympos: int = 1  # 1-based position among same-named symbols of the object
+    static: bool = False  # file-local: kallsyms type 't' rather than 'T'
 
     def __repr__(self) -> str:
         return f"<KFunc {self.name} [{self.obj}]>"
@@ -54,8 +55,12 @@ class SymbolTable:
         return func
 
     def discard(self, func: KFunc) -> None:
+        """A freed patch lets go of a replacement function.  Its code is the
+        module's text, though: the symbol stays (in kallsyms, in ftrace's
+        records) until the module itself is freed (:meth:`remove_object`).
+        Only vmlinux code declared at run time is dropped here."""
         funcs = self.objects.get(func.obj, [])
-        if func in funcs:
+        if func.obj == VMLINUX and func in funcs:
             funcs.remove(func)
 
     def remove_object(self, obj: str) -> None:
