@@ -195,3 +195,50 @@ def test_replacement_functions_stay_in_kallsyms_while_their_module_is_loaded(mac
     assert "oracle_cmdline_show [lp_cmdline]" in _available(Request(k, machine.shell)).splitlines()
     assert machine.rmmod("lp_cmdline") == 0
     assert not any(rest.endswith("[lp_cmdline]") for _, _, rest in _kallsyms(k))
+
+
+# -- /dev/kmsg positioning (kernel/printk/printk.c devkmsg_llseek, devkmsg_read) ------------------
+
+def test_devkmsg_llseek_semantics(machine):
+    from livefs.fs.devfs import KmsgHandle
+    from livefs.fs.tree import Request
+    k = machine.k
+    req = Request(k, machine.shell)
+    h = KmsgHandle(k.printk.first_seq(), True)
+    assert h.llseek(req, 1, os.SEEK_SET) == -errno.ESPIPE
+    assert h.llseek(req, 0, os.SEEK_CUR) == -errno.EINVAL
+    assert h.llseek(req, 0, os.SEEK_HOLE) == -errno.EINVAL
+    assert h.seq == k.printk.first_seq()  # refused seeks move nothing
+    assert h.llseek(req, 0, os.SEEK_END) == 0 and h.seq == k.printk.next_seq
+    k.printk.clear_seq = k.printk.next_seq - 1
+    assert h.llseek(req, 0, os.SEEK_DATA) == 0 and h.seq == k.printk.clear_seq
+    assert h.llseek(req, 0, os.SEEK_SET) == 0 and h.seq == k.printk.first_seq() == 0
+
+
+def test_kmsg_reader_at_seek_end_waits_for_a_new_record(mnt):
+    kmsg = f"{mnt}/dev/kmsg"
+    fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+        sh(f"echo PROBE-1 > {kmsg}")
+        with pytest.raises(OSError) as exc:
+            os.read(fd, 8)  # too small: EINVAL, and the record is gone for this reader
+        assert exc.value.errno == errno.EINVAL
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+        sh(f"echo PROBE-2 > {kmsg}")
+        assert re.fullmatch(rb"12,\d+,\d+,-;PROBE-2\n", os.read(fd, 4096))
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+        os.lseek(fd, 1, os.SEEK_SET)  # devkmsg_llseek refuses it: the reader stays put
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+        os.lseek(fd, 0, os.SEEK_SET)  # back to the first record: the boot banner
+        assert re.fullmatch(rb"5,0,0,-;Linux version .*\n", os.read(fd, 4096))
+        os.lseek(fd, 0, os.SEEK_END)
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 4096)
+    finally:
+        os.close(fd)

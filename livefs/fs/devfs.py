@@ -1,4 +1,14 @@
-"""/dev/kmsg: one record per write, one record per read (printk.c devkmsg_*)."""
+"""/dev/kmsg: one record per write, one record per read (printk.c devkmsg_*).
+
+FUSE (libfuse 2) never hands lseek(2) to the daemon: the kernel moves the file
+position itself.  So the position of each read tells what the reader did in
+between: the file says it is KMSG_END bytes long, every record read moves the
+position on by its length, and a read that comes somewhere else was preceded
+by a seek -- to 0 (SEEK_SET, or SEEK_DATA) or to KMSG_END (SEEK_END), which
+:meth:`KmsgHandle.llseek` then applies as devkmsg_llseek() does.  Any other
+position is a seek the kernel refuses (an offset other than 0 is ESPIPE,
+SEEK_CUR is EINVAL): the reader stays where it was.  What lseek(2) itself
+returns is the VFS's answer, not devkmsg_llseek()'s."""
 
 from __future__ import annotations
 
@@ -13,6 +23,7 @@ from .hostproc import host_dmesg_restrict
 from .tree import Dir, Request, Stream
 
 PRINTKRB_RECORD_MAX = 1024
+KMSG_END = 1 << 20  # the size /dev/kmsg reports: where SEEK_END puts the file position
 
 
 def escape_text(text: str) -> str:
@@ -34,8 +45,33 @@ def format_record(rec: LogRecord) -> bytes:
 class KmsgHandle:
     seq: int
     nonblock: bool
+    pos: int = 0  # the file position the kernel holds if the reader did not seek
+
+    def llseek(self, req: Request, offset: int, whence: int) -> int:
+        """devkmsg_llseek(): 0, or -ESPIPE for any offset, -EINVAL for SEEK_CUR
+        and the rest; SEEK_SET goes to the first record, SEEK_DATA to the one
+        after the last clear (dmesg -C), SEEK_END after the last record."""
+        printk = req.kernel.printk
+        if offset:
+            return -errno.ESPIPE
+        if whence == os.SEEK_SET:
+            self.seq = printk.first_seq()
+        elif whence == os.SEEK_DATA:
+            self.seq = printk.clear_seq
+        elif whence == os.SEEK_END:
+            self.seq = printk.next_seq
+        else:
+            return -errno.EINVAL
+        return 0
+
+    def _sought(self, req: Request, offset: int) -> None:
+        if offset != self.pos:
+            if offset in (0, KMSG_END):
+                self.llseek(req, 0, os.SEEK_SET if offset == 0 else os.SEEK_END)
+            self.pos = offset
 
     def read(self, req: Request, size: int, offset: int) -> bytes:
+        self._sought(req, offset)
         printk = req.kernel.printk
         if self.seq > printk.next_seq:  # the machine rebooted under this reader
             self.seq = printk.first_seq()
@@ -46,9 +82,10 @@ class KmsgHandle:
         if rec is None:
             raise BlockingIOError(errno.EAGAIN, "no record")
         data = format_record(rec)
+        self.seq += 1  # consumed even when it does not fit: a short read loses it
         if len(data) > size:
             raise OSError(errno.EINVAL, "buffer too small")
-        self.seq += 1
+        self.pos += len(data)
         return data
 
     def write(self, req: Request, data: bytes) -> int:
@@ -67,5 +104,5 @@ def _open_kmsg(req: Request, flags: int) -> KmsgHandle:
 
 
 def dev_dir() -> Dir:
-    kmsg = Stream(perm=0o644, opener=_open_kmsg)
+    kmsg = Stream(perm=0o644, opener=_open_kmsg, st_size=KMSG_END)
     return Dir(entries=lambda req: [("kmsg", kmsg)])

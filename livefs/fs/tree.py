@@ -168,10 +168,14 @@ class Stream(Node):
     """A file with its own per-open state (``/dev/kmsg``)."""
 
     opener: Callable[[Request, int], Handle] = attrs.field(default=None)
+    st_size: int = 0
 
     @property
     def mode(self) -> int:
         return stat.S_IFREG | self.perm
+
+    def size(self) -> int:
+        return self.st_size
 
     def open(self, req: Request, flags: int) -> Handle:
         return self.opener(req, flags)
