@@ -234,9 +234,11 @@ def _kmsg_records(lines: list[str]) -> list[str]:
     message since that machine booted (its boot log is hundreds of lines on
     the VM) and USEC is the time since boot; the level and flags stay.  The
     first record of the buffer is the machine's boot banner (``Linux version
-    ...``), whose length is that of the banner."""
+    ...``), whose length is that of the banner.  The byte count of a read that
+    returned a record counts the digits of SEQ and USEC too."""
     out = []
     for ln in lines:
+        ln = re.sub(r'^(\s*read\(\d+\))=\d+ (data="\d+,\d+,\d+,)', r'\1=<n> \2', ln)
         ln = re.sub(r'data="(\d+),\d+,\d+,', r'data="\1,<seq>,<usec>,', ln)
         if ';Linux version ' in ln:
             ln = re.sub(r'=\d+ data="(.*?);Linux version .*"$', r'=<n> data="\1;<boot banner>"', ln)

@@ -8,7 +8,10 @@ by a seek -- to 0 (SEEK_SET, or SEEK_DATA) or to KMSG_END (SEEK_END), which
 :meth:`KmsgHandle.llseek` then applies as devkmsg_llseek() does.  Any other
 position is a seek the kernel refuses (an offset other than 0 is ESPIPE,
 SEEK_CUR is EINVAL): the reader stays where it was.  What lseek(2) itself
-returns is the VFS's answer, not devkmsg_llseek()'s."""
+returns is the VFS's answer, not devkmsg_llseek()'s.  The seek is seen only
+at the next read, so SEEK_END goes after the last record there was when the
+reader last used the file: a record logged between the seek and the read is
+read, as it would be on the kernel (one logged just before the seek is too)."""
 
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ class KmsgHandle:
     seq: int
     nonblock: bool
     pos: int = 0  # the file position the kernel holds if the reader did not seek
+    end_seq: int = 0  # the log's end when this reader last used the file (open, read)
 
     def llseek(self, req: Request, offset: int, whence: int) -> int:
         """devkmsg_llseek(): 0, or -ESPIPE for any offset, -EINVAL for SEEK_CUR
@@ -66,13 +70,16 @@ class KmsgHandle:
 
     def _sought(self, req: Request, offset: int) -> None:
         if offset != self.pos:
-            if offset in (0, KMSG_END):
-                self.llseek(req, 0, os.SEEK_SET if offset == 0 else os.SEEK_END)
+            if offset == 0:
+                self.llseek(req, 0, os.SEEK_SET)
+            elif offset == KMSG_END:  # SEEK_END, as of the reader's last use of the file
+                self.seq = self.end_seq
             self.pos = offset
 
     def read(self, req: Request, size: int, offset: int) -> bytes:
         self._sought(req, offset)
         printk = req.kernel.printk
+        self.end_seq = printk.next_seq
         if self.seq > printk.next_seq:  # the machine rebooted under this reader
             self.seq = printk.first_seq()
         if self.seq < printk.first_seq():
@@ -100,7 +107,8 @@ def _open_kmsg(req: Request, flags: int) -> KmsgHandle:
     # which with dmesg_restrict wants CAP_SYSLOG
     if flags & os.O_ACCMODE != os.O_WRONLY and not req.capable and host_dmesg_restrict():
         raise OSError(errno.EPERM, "dmesg_restrict")
-    return KmsgHandle(req.kernel.printk.first_seq(), bool(flags & os.O_NONBLOCK))
+    printk = req.kernel.printk
+    return KmsgHandle(printk.first_seq(), bool(flags & os.O_NONBLOCK), end_seq=printk.next_seq)
 
 
 def dev_dir() -> Dir:
