@@ -10,23 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from livefs.tools import tools_dir
-
 from conftest import livefs_cli, sh
-
-SHIMS = tools_dir()
-
-
-def shim_env(mnt: Path) -> dict:
-    return {"LIVEFS_ROOT": str(mnt), "PATH": f"{SHIMS}:{os.environ['PATH']}"}
-
-
-@pytest.fixture
-def modules(tmp_path: Path) -> Path:
-    out = tmp_path / "test_modules"
-    r = sh(f"livefs modules export {out} lp_callbacks lp_cmdline lp_busy_target lp_busy")
-    assert r.returncode == 0, r.stderr
-    return out
+from test_fuse_mount import modules, shim_env  # noqa: F401 (a fixture)
 
 
 # -- /proc/version: version_proc_show in vmlinux ------------------------------------------
