@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from livefs.kernel.livepatch import transition as tr
-from livefs.kernel.tasks import TaskKind
+from livefs.kernel.livepatch import core, transition as tr
+from livefs.kernel.livepatch import patch as lp_patch
+from livefs.kernel.tasks import KLP_UNPATCHED, TaskKind
 from livefs.testing import LivepatchMachine
 from livefs.testing.strategies import PatchSpec
 
@@ -66,3 +67,55 @@ def test_the_printed_reproducer_runs_as_it_stands(monkeypatch):
     assert "data(" not in program
     with pytest.raises(AssertionError, match="still in"):
         exec(compile(program, "<reproducer>", "exec"), {})
+
+
+def _stack_check_against_the_original(klp):
+    """A broken forbidden_functions: when patching, only the original code is
+    taken away -- wrong as soon as a patch goes on top of another."""
+    from livefs.kernel.tasks import KLP_PATCHED
+    if klp.target_state != KLP_PATCHED:
+        return _real_forbidden(klp)
+    return [(f.old_func, f.old_name) for o in klp.transition_patch.objs if o.patched for f in o.funcs
+            if f.old_func is not None]
+
+
+def _handler_runs_the_bottom(ops, task, regs):
+    """A broken klp_ftrace_handler: a task not yet switched runs the oldest
+    patch's code instead of the one just below the newest."""
+    if not ops.func_stack:
+        return
+    func = ops.func_stack[0]
+    if func.transition and task.patch_state == KLP_UNPATCHED:
+        if len(ops.func_stack) < 2:
+            return
+        func = ops.func_stack[-1]
+    if func.nop or func.new_func is None:
+        return
+    regs.ip = func.new_func
+
+
+def _disable_without_ebusy(self, patch):
+    """A broken _disable: no EBUSY while another patch is in transition."""
+    if self.transition_patch is not None and patch.enabled:
+        return 0
+    return _real_disable(self, patch)
+
+
+_real_forbidden = tr.forbidden_functions
+_real_disable = core.Livepatch._disable
+
+
+@pytest.mark.parametrize("where, name, broken, message", [
+    (tr, "forbidden_functions", _stack_check_against_the_original, "still in lf_st_"),
+    (lp_patch, "klp_ftrace_handler", _handler_runs_the_bottom, r"ran lf_st_\d during 'lf_st_\d' \(lf_st_\d or lf_st_\d\)"),
+    (core.Livepatch, "_disable", _disable_without_ebusy, "the kernel's rules say -16"),
+])
+def test_search_finds_a_seeded_bug(monkeypatch, where, name, broken, message):
+    """Bugs that the machine's expectations once took from the code under test
+    (func_stack, forbidden_functions, any errno accepted): its own shadow of
+    the patches finds each, with the message that names it."""
+    monkeypatch.setattr(where, name, broken)
+    with pytest.raises(AssertionError, match=message):
+        run_state_machine_as_test(LivepatchMachine, settings=settings(
+            max_examples=300, stateful_step_count=30, deadline=None, database=None, derandomize=True,
+            report_multiple_bugs=False, suppress_health_check=list(HealthCheck)))

@@ -18,8 +18,9 @@ import attrs
 from .clock import NSEC_PER_MSEC, Work
 from .livepatch.consistency import ConsistencyModel
 from .livepatch.record import Cause
-from .livepatch.transition import (forbidden_functions, initial_state, klp_copy_process, klp_new_task,
-                                   klp_task_exit, klp_try_switch_task, klp_update_patch_state)
+from .livepatch.transition import (forbidden_functions, incoming_functions, initial_state, klp_copy_process,
+                                   klp_new_task, klp_staged_switch, klp_task_exit, klp_try_switch_task,
+                                   klp_update_patch_state)
 from .symbols import KFunc
 from .tasks import RunState, Task, TaskKind
 
@@ -71,12 +72,16 @@ class Scheduler:
 
     def _consistent_with(self, task: Task, func: KFunc | None) -> None:
         """A task staged into code that the transition in progress takes away
-        cannot have switched yet: it is put back to the initial state, pending."""
+        cannot have switched yet: it is put back to the initial state, pending.
+        One staged into the code the transition brings must have switched."""
         klp = self.k.livepatch
-        if not klp.in_transition() or not self._takes_away(func):
+        if not klp.in_transition() or func is None:
             return
-        if (task.patch_state, task.patch_pending) != (initial_state(klp), True):
-            klp_new_task(klp, task, initial_state(klp), True)
+        if self._takes_away(func):
+            if (task.patch_state, task.patch_pending) != (initial_state(klp), True):
+                klp_new_task(klp, task, initial_state(klp), True)
+        elif task.patch_state != klp.target_state and any(code is func for code in incoming_functions(klp)):
+            klp_staged_switch(klp, task)
 
     def _sleep_in(self, task: Task, func: KFunc | None) -> None:
         if func is None and task.kind is TaskKind.USER:

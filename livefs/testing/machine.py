@@ -23,10 +23,10 @@ from livefs.kernel.clock import NSEC_PER_MSEC, NSEC_PER_SEC
 from livefs.kernel.kernel import Kernel
 from livefs.kernel.ftrace import OpsFlag
 from livefs.kernel.kprobes import Kprobe
-from livefs.kernel.livepatch import transition as tr
 from livefs.kernel.livepatch.transition import SIGNALS_TIMEOUT
 from livefs.kernel.tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, TaskKind
 
+from .shadow import Shadow, ShadowPatch, declared
 from .strategies import (MODULE_TARGETS, VMLINUX_TARGETS, PatchSpec, TaskSpec, patch_specs, tag_body,
                          target_module, task_specs)
 
@@ -66,6 +66,9 @@ class LivepatchMachine(RuleBasedStateMachine):
         k.livepatch.observers.append(self._on_transition_event)
         self.max_attempt = 0
         self.reached: set[str] = set()
+        # the machine's own idea of the patches, from declarations and the log alone
+        self.shadow = Shadow(on_complete=self._check_completion)
+        k.printk.listeners.append(lambda rec: self.shadow.log_line(rec.text))
         cls = type(self)
         try:  # printed before "state = ...()" in a failing run's reproducer
             note(f"from {cls.__module__} import {cls.__qualname__}\n"
@@ -75,9 +78,15 @@ class LivepatchMachine(RuleBasedStateMachine):
 
     # -- helpers -------------------------------------------------------------------
     def _load(self, defn, args: str = "") -> int:
+        if defn.livepatch:
+            known: ShadowPatch | None = self.shadow.declared.get(defn.name)
+            if known is None or not (known.active or known in self.shadow.patches):
+                self.shadow.declared[defn.name] = declared(defn, args)
         with self.k.syscall(self.loader):
             ret = self.k.load_module(defn, args)
         assert ret in LOAD_ERRORS, f"insmod {defn.name} {args}: unexpected {ret}"
+        if ret == 0 and not defn.livepatch:
+            self.shadow.loaded.add(defn.name)
         return ret
 
     def _write(self, patch, attr: str, data: bytes) -> int:
@@ -89,20 +98,22 @@ class LivepatchMachine(RuleBasedStateMachine):
         return [t for t in self.k.tasks.tasks.values() if t.staged]
 
     def _on_transition_event(self, event: str, klp) -> None:
-        """At completion every task is at the target, and unless forced none
-        sleeps in code the transition takes away."""
+        """At completion every task is at the target."""
         for task in klp.k.tasks.all_with_idle():
             if task.patch_state != klp.target_state or task.patch_pending:
                 self.violations.append(f"{task!r} at {task.patch_state} (pending {task.patch_pending}) when "
                                        f"'{klp.transition_patch.name}' completed to {klp.target_state}")
-        if klp.transition_forced:
-            return
-        taken = tr.forbidden_functions(klp)
-        for task in klp.k.tasks.all_with_idle():
-            for code, name in taken:
-                if any(frame is code for frame in task.stack):
-                    self.violations.append(f"{task!r} still in {code!r} ({name}) when "
-                                           f"'{klp.transition_patch.name}' completed")
+
+    def _check_completion(self, patch: ShadowPatch, enabling: bool) -> None:
+        """When an unforced transition completes, no task's stack (what
+        /proc/PID/stack shows) holds code it took away -- the code worked out
+        by the shadow, not by the model."""
+        gone = self.shadow.taken_away(patch, enabling)
+        for task in self.k.tasks.all_with_idle():
+            for frame in task.stack:
+                if (frame.obj, frame.name) in gone:
+                    self.violations.append(f"{task!r} still in {frame.obj}:{frame.name} when '{patch.name}' "
+                                           f"completed {'patching' if enabling else 'unpatching'}")
 
     # -- rules: modules and patches ------------------------------------------------------
     @rule(spec=patch_specs())
@@ -126,16 +137,23 @@ class LivepatchMachine(RuleBasedStateMachine):
         with self.k.syscall(self.loader):
             ret = self.k.delete_module(name)
         assert ret == (-errno.EWOULDBLOCK if busy else 0)
+        if ret == 0:
+            self.shadow.loaded.discard(name)
 
     @precondition(lambda self: self.k.livepatch.sysfs_patches)
     @rule(pick=PICK, value=st.sampled_from([b"0", b"1", b"n", b"y", b"2", b""]))
     def write_enabled(self, pick: int, value: bytes) -> None:
         patch = _pick(self.k.livepatch.sysfs_patches, pick)
         before = (patch.enabled, self.k.livepatch.transition_patch)
-        ret = self._write(patch, "enabled", value) if value else 0
-        assert ret in (0, -errno.EINVAL, -errno.EBUSY)
+        if not value:
+            return  # echo -n "" > enabled writes nothing
+        expected = self.shadow.enabled_errno(patch.name, value)
+        logged = len(self.k.printk.records)
+        ret = self._write(patch, "enabled", value)
+        assert ret == -expected, f"echo {value!r} > {patch.name}/enabled: {ret}, the kernel's rules say {-expected}"
         if ret:
             assert (patch.enabled, self.k.livepatch.transition_patch) == before
+            assert len(self.k.printk.records) == logged, "a refused write logged something"
 
     @precondition(lambda self: self.k.livepatch.transition_patch is not None)
     @rule()
@@ -260,36 +278,76 @@ class LivepatchMachine(RuleBasedStateMachine):
             return  # a negative count is a kernel bug, not a user action
         getattr(jl, op)(self.key)
 
-    @rule()
-    def call_patched_code(self) -> None:
-        """One syscall of a user task calls every loaded target twice: within it
-        no patch may show both its old and its new code."""
+    def _call_all(self, task) -> None:
+        """One syscall of ``task`` calls every loaded target twice: each call
+        runs a version the shadow allows, and no patch shows both its old and
+        its new code within the syscall."""
         k = self.k
-        lp = k.livepatch
-        with k.syscall(self.shell):
-            results = {}
+        with k.syscall(task):
+            seen = {}
             for obj, funcs in k.symbols.objects.items():
                 for f in funcs:
                     if f.name in VMLINUX_TARGETS or obj in MODULE_TARGETS:
-                        first = k.call(self.shell, obj, f.name)
-                        assert k.call(self.shell, obj, f.name) == first
-                        results[f] = first
-        patch = lp.transition_patch
-        if patch is None:
+                        first = k.call(task, obj, f.name)
+                        assert k.call(task, obj, f.name) == first
+                        seen[(obj, f.name)] = first.rsplit(":", 1)[1]
+        self.shadow.check_syscall(seen)
+
+    @rule()
+    def call_patched_code(self) -> None:
+        self._call_all(self.shell)
+
+    def _pending_in_user_space(self):
+        return sorted((t for t in self._staged() if t.kind is TaskKind.USER and not t.stack and t.patch_pending),
+                      key=lambda t: t.pid)
+
+    @precondition(lambda self: self.k.livepatch.transition_patch is not None and self._pending_in_user_space())
+    @rule(pick=PICK)
+    def call_from_a_task_not_yet_switched(self, pick: int) -> None:
+        """A task that has not switched (a child of one that has not) enters the
+        kernel: it runs the code from before the transition, all of it."""
+        self._call_all(_pick(self._pending_in_user_space(), pick))
+
+    @rule(func=st.sampled_from(VMLINUX_TARGETS), n=st.integers(min_value=2, max_value=3),
+          first=st.integers(min_value=0, max_value=3))
+    def stacked_patches(self, func: str, n: int, first: int) -> None:
+        """Several patches on one function, one after the other (each given
+        time to complete): the func_stack the hard cases need."""
+        for i in range(first, first + n):
+            self._load(PatchSpec(f"lf_st_{i % 4}", ((None, func),), False).module())
+            self.k.advance(2 * NSEC_PER_SEC)
+        self.reached.add("patches stacked on one function")
+
+    def _free_name(self) -> str | None:
+        return next((f"lf_st_{i}" for i in range(8) if f"lf_st_{i}" not in self.k.modules.modules), None)
+
+    @precondition(lambda self: self.k.livepatch.transition_patch is None)
+    @rule(func=st.sampled_from(VMLINUX_TARGETS), depth=st.integers(min_value=0, max_value=3))
+    def patch_over_a_sleeper(self, func: str, depth: int) -> None:
+        """Patches on a function until ``depth`` are there; a user task asleep
+        in the code it runs now; one more patch on it; a child of the sleeper.
+        The new patch must wait for the sleeper, and the child, not switched
+        either, runs the code just below the new patch -- wherever that is in
+        the stack."""
+        target = ("vmlinux", func)
+        while len(self.shadow.stack(target)) < depth and self.k.livepatch.transition_patch is None:
+            name = self._free_name()
+            if name is None or self._load(PatchSpec(name, ((None, func),), False).module()):
+                return
+            self.k.advance(2 * NSEC_PER_SEC)
+        if self.k.livepatch.transition_patch is not None:
+            return  # held by a task of an earlier step
+        name = self._free_name()
+        if name is None:
             return
-        seen = set()
-        for func in patch.funcs():
-            ops = lp.ops.get(func.old_func) if func.old_func else None
-            if ops is None or func not in ops.func_stack or func.old_func not in results:
-                continue
-            idx = ops.func_stack.index(func)
-            below = ops.func_stack[idx + 1] if idx + 1 < len(ops.func_stack) else None
-            new = _version(func)
-            old = _version(below) if below is not None else "orig"
-            got = results[func.old_func].rsplit(":", 1)[1]
-            if new != old and got in (new, old):
-                seen.add("new" if got == new else "old")
-        assert len(seen) <= 1, f"{self.shell!r} ran old and new code of '{patch.name}' in one syscall"
+        version = self.shadow.top(target)
+        owner = self.shadow.declared.get(version)
+        code = (self.k.symbols.find(owner.name, owner.targets[("vmlinux", func)]) if owner is not None
+                else self.k.symbols.find("vmlinux", func))
+        sleeper = self.k.sched.spawn(TaskKind.USER, "lf-under", code[0], interruptible=False)
+        if self._load(PatchSpec(name, ((None, func),), False).module()) == 0:
+            self._call_all(self.k.sched.fork(sleeper))
+            self.reached.add(f"patch over a sleeper, {len(self.shadow.stack(('vmlinux', func)))} deep")
 
     def teardown(self) -> None:
         """Say which hard paths this run reached (``--hypothesis-show-statistics``
@@ -383,8 +441,3 @@ class LivepatchMachine(RuleBasedStateMachine):
         recs = list(self.k.printk.records)
         for a, b in zip(recs, recs[1:]):
             assert b.seq == a.seq + 1 and b.ts_ns >= a.ts_ns
-
-
-def _version(func) -> str:
-    """The version tag a generated function reports for this func_stack entry."""
-    return "orig" if func.nop or func.new_func is None else func.obj.patch.name

@@ -35,6 +35,7 @@ class Cause(enum.Enum):
     EXIT = "exit"                       # the task ended before it switched
     KTHREAD_LOOP = "kthread loop"       # kGraft model: a kthread at the safe point of its main loop
     IMMEDIATE = "immediate"             # immediate model: no consistency model at all
+    STAGED = "staged"                   # put into the new code by the mock's staging controls
 
 
 # the causes that put a task at the target state (EXIT takes it out instead)

@@ -141,6 +141,12 @@ def klp_new_task(klp: "Livepatch", task: Task, state: int, pending: bool) -> Non
         record.event(klp.k.clock.now_ns, klp.attempt, "pending", str(task_id(task)))
 
 
+def klp_staged_switch(klp: "Livepatch", task: Task) -> None:
+    """The mock's staging put a task into the code the transition brings: only
+    a switched task can be there, so it is switched (and recorded so)."""
+    _switch(klp, task, Cause.STAGED)
+
+
 def klp_task_exit(klp: "Livepatch", task: Task) -> None:
     """A task that ends before it switched leaves the transition (recorded)."""
     record = klp.log.current
@@ -148,30 +154,41 @@ def klp_task_exit(klp: "Livepatch", task: Task) -> None:
         record.switches.append((klp.k.clock.now_ns, klp.attempt, task_id(task), Cause.EXIT))
 
 
-def forbidden_functions(klp: "Livepatch") -> list[tuple[KFunc, str]]:
-    """The code each task must not be in to switch, with the name to report."""
+def _code_pairs(klp: "Livepatch") -> list[tuple[KFunc, KFunc, str]]:
+    """For each function the transition patch changes: (the patch's code, the
+    code just below it on the func_stack -- the previous patch's, or the
+    original), and the name to report."""
     patch = klp.transition_patch
     assert patch is not None
-    forbidden: list[tuple[KFunc, str]] = []
+    pairs: list[tuple[KFunc, KFunc, str]] = []
     for obj in patch.objs:
         if not obj.patched:
             continue
         for func in obj.funcs:
             if func.old_func is None:
                 continue
-            if klp.target_state == KLP_UNPATCHED:
-                code = func.new_func if func.new_func is not None else func.old_func
-            else:
-                ops = klp.ops.get(func.old_func)
-                stack = ops.func_stack if ops else []
-                if len(stack) <= 1 or func not in stack or stack.index(func) + 1 >= len(stack):
-                    code = func.old_func
-                else:
-                    prev = stack[stack.index(func) + 1]
-                    code = prev.new_func if prev.new_func is not None else prev.old_func
-            if code is not None:
-                forbidden.append((code, func.old_name))
-    return forbidden
+            own = func.new_func if func.new_func is not None else func.old_func
+            ops = klp.ops.get(func.old_func)
+            stack = ops.func_stack if ops else []
+            below = func.old_func
+            if func in stack and stack.index(func) + 1 < len(stack):
+                prev = stack[stack.index(func) + 1]
+                below = prev.new_func if prev.new_func is not None else prev.old_func
+            pairs.append((own, below, func.old_name))
+    return pairs
+
+
+def forbidden_functions(klp: "Livepatch") -> list[tuple[KFunc, str]]:
+    """The code each task must not be in to switch, with the name to report:
+    what the transition takes away."""
+    patching = klp.target_state == KLP_PATCHED
+    return [(below if patching else own, name) for own, below, name in _code_pairs(klp)]
+
+
+def incoming_functions(klp: "Livepatch") -> list[KFunc]:
+    """The code the transition brings: only a task at the target runs it."""
+    patching = klp.target_state == KLP_PATCHED
+    return [own if patching else below for own, below, _ in _code_pairs(klp)]
 
 
 def _forbidden_frame(klp: "Livepatch", task: Task) -> str | None:
