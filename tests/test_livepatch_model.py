@@ -7,8 +7,9 @@ import errno
 import pytest
 
 from livefs.kernel.clock import NSEC_PER_SEC
+from livefs.kernel.kernel import Kernel
 from livefs.kernel.livepatch.core import kstrtobool
-from livefs.kernel.livepatch.transition import round_jiffies_relative_hz
+from livefs.kernel.livepatch.transition import klp_retry_delay_ns
 from livefs.kernel.tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED, Task, TaskKind
 
 LP = "test_klp_livepatch"
@@ -252,7 +253,7 @@ def test_signals_on_sixteenth_attempt_then_every_fifteen(machine):
     """klp_try_complete_transition() sends signals when the attempts before it
     number a non-zero multiple of SIGNALS_TIMEOUT (15): attempts 16, 31, 46 …
     The first attempt is the synchronous one inside the write; the retries
-    come on whole seconds (round_jiffies_relative(HZ)).  The stuck kthread's
+    come where round_jiffies_relative(HZ) and the timer wheel put them.  The stuck kthread's
     "is sleeping" debug line counts the attempts, and its wakeup count (what
     klp_send_signals() does to a kthread) says which attempts signalled."""
     k = machine.k
@@ -272,14 +273,16 @@ def test_signals_on_sixteenth_attempt_then_every_fifteen(machine):
 
     k.printk.listeners.append(listen)
     assert machine.write(LP, "enabled", b"0") == 0
-    k.run_until(start + 50 * NSEC_PER_SEC)  # to 50.3 s: attempt 1 at 0.3 s, attempts 2..51 at 1 s .. 50 s
-    first_retry = NSEC_PER_SEC - start
-    assert [t for t, _ in attempts] == [0] + [first_retry + i * NSEC_PER_SEC for i in range(50)]
+    expected = [k.jiffies()]  # attempt 1 in the write, then each retry where the timer wheel puts it
+    while len(expected) < 51:
+        expected.append(kernel_retry_jiffy(expected[-1]))
+    k.run_until(jiffy_ns(expected[-1]))
+    assert [t for t, _ in attempts] == [jiffy_ns(j) - start if i else 0 for i, j in enumerate(expected)]
     # signals so far, seen at attempt n (1-based): one more after each of 16, 31, 46
     assert [w for _, w in attempts] == [sum(1 for s in (16, 31, 46) if s < n) for n in range(1, 52)]
     assert stuck.wakeups == 3
     assert notices == [16]  # the notice once per transition, in the 16th attempt
-    assert attempts[15][0] == first_retry + 14 * NSEC_PER_SEC
+    assert 14 * NSEC_PER_SEC < attempts[15][0] < 16 * NSEC_PER_SEC  # the notice about 15 s after the write
 
 
 def test_force_unpatch_pins_module(machine):
@@ -405,8 +408,41 @@ def test_module_params(machine):
     assert machine.insmod(LP) == -errno.EEXIST
 
 
-def test_round_jiffies():
-    for now in (0, 123_456_789, 5 * NSEC_PER_SEC + 1, 7 * NSEC_PER_SEC + 600_000_000):
-        delay = round_jiffies_relative_hz(now)
-        assert (now + delay) % NSEC_PER_SEC == 0
-        assert NSEC_PER_SEC // 2 <= delay <= 3 * NSEC_PER_SEC // 2
+HZ = 250  # Debian's CONFIG_HZ
+INITIAL_JIFFIES = (-300 * HZ) & 0xFFFFFFFF
+
+
+def kernel_retry_jiffy(j0: int) -> int:
+    """The jiffy at which work queued at jiffy ``j0`` (CPU 0) with
+    round_jiffies_relative(HZ) runs: kernel/time/timer.c's rules, written out
+    here rather than taken from the model.  The expiry is a whole second of
+    jiffies (rounded down when under HZ/4 past one); 63..503 jiffies out is
+    wheel level 1, whose 8-jiffy buckets fire strictly after the expiry."""
+    j = j0 + HZ
+    rem = j % HZ
+    j = j - rem if rem < HZ // 4 else j - rem + HZ
+    assert 63 <= j - j0 < 504
+    return ((j >> 3) + 1) << 3
+
+
+def jiffy_ns(j: int) -> int:
+    return (j - INITIAL_JIFFIES) * NSEC_PER_SEC // HZ
+
+
+def _delay_at(now: int) -> tuple[int, int]:
+    """(the model's retry delay, the jiffy) for a machine at ``now``."""
+    k = Kernel()
+    assert (k.HZ, k.INITIAL_JIFFIES) == (HZ, INITIAL_JIFFIES)
+    k.clock.set(now)
+    return klp_retry_delay_ns(k), k.jiffies()
+
+
+def test_retry_delay_follows_jiffies():
+    whole = next(j for j in range(INITIAL_JIFFIES, INITIAL_JIFFIES + HZ) if j % HZ == 0)  # a whole second
+    for now in [0, 123_456_789, jiffy_ns(whole) + 40_000_000, jiffy_ns(whole) + 600_000_000, 7 * NSEC_PER_SEC + 1]:
+        delay, j0 = _delay_at(now)
+        assert now + delay == jiffy_ns(kernel_retry_jiffy(j0)), now
+        assert 3 * NSEC_PER_SEC // 4 - 4_000_000 < delay <= 7 * NSEC_PER_SEC // 4 + 32_000_000
+    # 40 ms past a whole second rounds down (under a second to wait), 600 ms past rounds up
+    assert _delay_at(jiffy_ns(whole) + 40_000_000)[0] < NSEC_PER_SEC
+    assert _delay_at(jiffy_ns(whole) + 600_000_000)[0] > NSEC_PER_SEC

@@ -30,10 +30,12 @@ from .patch import klp_unpatch_objects
 from .record import Cause, TransitionRecord, task_id
 
 if TYPE_CHECKING:
+    from ..kernel import Kernel
     from .core import Livepatch
 
 SIGNALS_TIMEOUT = 15
-HZ_NS = NSEC_PER_SEC
+# the timer wheel (kernel/time/timer.c): 64 buckets a level, each level 8 times coarser
+LVL_SIZE, LVL_CLK_SHIFT, LVL_DEPTH = 64, 3, 9
 
 # pr_debug sites of transition.c: key -> (function, line, format)
 DEBUG_SITES = {
@@ -52,13 +54,29 @@ def _dir(state: int) -> str:
     return "patching" if state == KLP_PATCHED else "unpatching"
 
 
-def round_jiffies_relative_hz(now_ns: int) -> int:
-    """Delay of ``round_jiffies_relative(HZ)``: expiry rounded to a whole second."""
-    expiry = now_ns + HZ_NS
-    rounded = ((expiry + HZ_NS // 2) // HZ_NS) * HZ_NS
-    if rounded <= now_ns:
-        rounded = expiry
-    return rounded - now_ns
+def klp_retry_delay_ns(k: "Kernel", cpu: int = 0) -> int:
+    """How long until ``schedule_delayed_work(&klp_transition_work,
+    round_jiffies_relative(HZ))`` runs the work again.
+
+    round_jiffies_common(): a second of jiffies ahead, skewed 3 jiffies per
+    CPU, rounded to a whole second of jiffies -- down when less than a quarter
+    second past one, else up (never into the past).  The timer wheel then
+    files the timer in the level its distance calls for, whose bucket fires at
+    the level's granularity strictly after the expiry (calc_index()): 8
+    jiffies (32 ms at HZ=250) for this distance."""
+    hz = k.HZ
+    j0 = k.jiffies()
+    original = j0 + hz
+    j = original + cpu * 3
+    rem = j % hz
+    j = (j - rem if rem < hz // 4 else j - rem + hz) - cpu * 3
+    expires = j if j > j0 else original
+    lvl = 0
+    while lvl < LVL_DEPTH - 1 and expires - j0 >= (LVL_SIZE - 1) << (lvl * LVL_CLK_SHIFT):  # LVL_START(lvl + 1)
+        lvl += 1
+    shift = lvl * LVL_CLK_SHIFT
+    fires = ((expires >> shift) + 1) << shift
+    return max(0, (fires - k.INITIAL_JIFFIES) * NSEC_PER_SEC // hz - k.clock.now_ns)
 
 
 def klp_init_transition(klp: "Livepatch", patch: KlpPatch, state: int) -> None:
@@ -302,7 +320,7 @@ def klp_try_complete_transition(klp: "Livepatch") -> bool:
         if klp.signals_cnt and klp.signals_cnt % SIGNALS_TIMEOUT == 0 and klp.model.switches_per_task:
             klp_send_signals(klp)
         klp.signals_cnt += 1
-        klp.schedule_transition_work(round_jiffies_relative_hz(klp.k.clock.now_ns))
+        klp.schedule_transition_work(klp_retry_delay_ns(klp.k))
         return False
     klp.set_cond_resched(False)
     klp_complete_transition(klp)
