@@ -16,6 +16,8 @@ import os
 import stat as st_mod
 from typing import Callable, Iterable, TypeVar
 
+import attrs
+
 from .tree import Attr, Dir, Node, Request, Symlink
 
 HOST_PROC = "/proc"
@@ -110,20 +112,43 @@ def _host_show(path: str):
     return show
 
 
+@attrs.define(eq=False)
+class HostDir(Dir):
+    """A host directory served by value: a lookup stats the one name asked for."""
+
+    path: str = ""
+
+    def lookup(self, req: Request, name: str) -> Node | None:
+        return passthrough(f"{self.path}/{name}") if name not in ("", ".", "..") else None
+
+
 def passthrough(path: str) -> Node | None:
-    """A host /proc/sys node served by value: sysctl(8) insists that what it
-    opens really lies under /proc/sys, so these cannot be symlinks.  Read-only,
-    and shown so: a write would change the host's real sysctl with the daemon's
-    rights, which livefs never does."""
+    """A host node served by value: a /proc/sys entry (sysctl(8) insists that
+    what it opens really lies under /proc/sys, so these cannot be symlinks), or
+    one of the host's other /sys/kernel entries beside the mock's.  Read-only,
+    and shown so: a write would change the host's real sysctl or sysfs
+    attribute with the daemon's rights, which livefs never does.  Sizes are the
+    host's (0 in procfs, 4096 for a sysfs attribute, a binary one's own size);
+    a symlink keeps its target, so a directory's link count is the host's."""
     try:
         st = os.lstat(path)
+        target = os.readlink(path) if st_mod.S_ISLNK(st.st_mode) else ""
     except OSError:
         return None
+    if target:
+        return Symlink(target=lambda req: target)
     if st_mod.S_ISDIR(st.st_mode):
-        return Dir(perm=st.st_mode & 0o7777, entries=lambda req: [
-            (n, node) for n in sorted(_listdir(path)) if (node := passthrough(f"{path}/{n}")) is not None])
+        return HostDir(perm=st.st_mode & 0o7777, entries=lambda req: host_entries(path, ()), path=path)
     perm = st.st_mode & 0o7555
-    return Attr(perm=perm, st_size=0, show=_host_show(path) if perm & 0o444 else None)
+    return Attr(perm=perm, st_size=st.st_size, show=_host_show(path) if perm & 0o444 else None)
+
+
+def host_entries(path: str, mine: Iterable[str]) -> Iterable[tuple[str, Node]]:
+    """The host directory ``path`` served read-only by value, without the names in ``mine``."""
+    skip = set(mine)
+    for name in sorted(_listdir(path)):
+        if name not in skip and (node := passthrough(f"{path}/{name}")) is not None:
+            yield name, node
 
 
 def _patch_state(pid: int) -> Attr:
@@ -178,9 +203,7 @@ class HostProc:
         def kernel(req: Request) -> Iterable[tuple[str, Node]]:
             mock_kernel = self.mock.lookup(req, "sys").lookup(req, "kernel")  # type: ignore[union-attr]
             mine = {n: node for n, node in mock_kernel.listing(req) if n in MOCK_SYSCTLS}
-            for name in sorted(_listdir(f"{HOST_PROC}/sys/kernel")):
-                if name not in mine and (node := passthrough(f"{HOST_PROC}/sys/kernel/{name}")) is not None:
-                    yield name, node
+            yield from host_entries(f"{HOST_PROC}/sys/kernel", mine)
             yield from mine.items()
 
         kernel_dir = Dir(perm=0o555, entries=kernel)

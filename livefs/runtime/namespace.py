@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from livefs.fs.root import HOST_SYS_KERNEL_ENV
 from livefs.runtime.mounts import is_livefs
 from livefs.runtime.reaper import become_subreaper, kill_descendants, open_proc
 from livefs.tools import write_tools
@@ -96,10 +97,12 @@ def provide_directory(path: Path, scratch: Path) -> None:
 
 
 def start_daemon(mnt: Path, log: Path, daemon_args: list[str]) -> subprocess.Popen:
+    # the mock goes over /sys/kernel: the daemon serves the host's other entries there
+    env = dict(os.environ, **{HOST_SYS_KERNEL_ENV: "/sys/kernel"})
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "livefs", "mount", "--foreground", *daemon_args, str(mnt)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=die_with_parent, env=env)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
