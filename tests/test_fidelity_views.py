@@ -89,3 +89,49 @@ def test_livefs_run_shows_the_hosts_sys_kernel_and_refuses_writes(require_fuse, 
         assert "w" not in mode and rc == "rc=1", parts[3]
         assert "Permission denied" in r.stderr
 
+
+# -- item 2: kprobes/enabled (kernel/kprobes.c write_enabled_file_bool, arm_all_kprobes) ------
+
+def _file_write(k: Kernel, path: str, data: bytes, root: Dir | None = None) -> int:
+    req = _req(k)
+    node = resolve(root or build_root(), req, path)
+    with k.syscall(req.task):
+        return node.open(req, os.O_WRONLY).write(req, data)
+
+
+def _file_read(k: Kernel, path: str) -> str:
+    req = _req(k)
+    return resolve(build_root(), req, path).open(req, os.O_RDONLY).read(req, 1 << 20, 0).decode()
+
+
+KPROBES_ENABLED = "sys/kernel/debug/kprobes/enabled"
+
+
+def test_rearming_kprobes_that_cannot_arm_returns_the_error_and_warns(machine):
+    k = machine.k
+    assert machine.insmod("test_klp_kprobe", "has_post_handler=1") == 0
+    assert _file_write(k, KPROBES_ENABLED, b"0\n") == 2
+    assert machine.log()[-1] == "kprobes: Kprobes globally disabled"
+    assert machine.insmod("test_klp_livepatch") == 0  # nothing armed: the IPMODIFY site is free
+    k.settle()
+    machine.set_mark()
+    # the probe's IPMODIFY ops cannot share cmdline_proc_show with the patch
+    assert _file_write(k, KPROBES_ENABLED, b"1\n") == -errno.EBUSY
+    rec = k.printk.records[-1]
+    assert (rec.level, rec.text) == (4, "kprobes: Kprobes globally enabled, but failed to enable 1 out of 1 "
+                                        "probes. Please check which kprobes are kept disabled via debugfs.")
+    # globally enabled all the same (kprobes_all_disarmed is false), the probe not armed
+    assert _file_read(k, KPROBES_ENABLED) == "1\n" and not k.kprobes.probes[0].armed
+    assert _file_write(k, KPROBES_ENABLED, b"1\n") == 2  # already enabled: nothing to do, no message
+    assert machine.log()[-1].startswith("kprobes: Kprobes globally enabled, but")
+    machine.write("test_klp_livepatch", "enabled", b"0")
+    k.settle()
+    assert _file_write(k, KPROBES_ENABLED, b"0") == 1 and _file_write(k, KPROBES_ENABLED, b"on") == 2
+    assert machine.log()[-2:] == ["kprobes: Kprobes globally disabled", "kprobes: Kprobes globally enabled"]
+    assert k.kprobes.probes[0].armed
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b" 1", b"x", b"o"])
+def test_kprobes_enabled_refuses_what_kstrtobool_refuses(machine, data):
+    assert _file_write(machine.k, KPROBES_ENABLED, data) == -errno.EINVAL
+

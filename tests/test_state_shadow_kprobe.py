@@ -176,7 +176,7 @@ def test_kprobes_global_switch_disarms(machine):
     machine.insmod("test_klp_kprobe")  # post handler by default
     assert k.kprobes.set_enabled(False) == 0
     assert machine.insmod("test_klp_livepatch") == 0  # nothing armed: no conflict
-    assert "Kprobes globally disabled" in machine.log()
+    assert "kprobes: Kprobes globally disabled" in machine.log()
     machine.write("test_klp_livepatch", "enabled", b"0")
     assert k.kprobes.set_enabled(True) == 0 and k.kprobes.probes[0].armed
 

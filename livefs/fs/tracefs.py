@@ -98,6 +98,8 @@ def tracing_dir() -> Dir:
 
 
 def _kprobes_store(req: Request, data: bytes) -> int:
+    """write_enabled_file_bool(): kstrtobool_from_user, then arm or disarm
+    every probe; an arming error is the write's."""
     value = parse_bool(data.decode("utf-8", "replace"))
     if value is None:
         return -errno.EINVAL
@@ -107,5 +109,5 @@ def _kprobes_store(req: Request, data: bytes) -> int:
 def kprobes_dir() -> Dir:
     return Dir(perm=0o755, entries=lambda req: [
         ("enabled", Attr(perm=0o600, st_size=0, show=lambda r: f"{int(r.kernel.kprobes.enabled)}\n",
-                         store=_kprobes_store)),
+                         store=_kprobes_store, empty_writes=True)),
     ])

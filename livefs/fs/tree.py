@@ -85,6 +85,10 @@ class Attr(Node):
     # (128 KiB each); store() sees the whole record once
     gathered: bool = False
     gate: Callable[[Request], int] | None = None  # a gathered write's early refusal (-errno), before any piece
+    # sysfs_kf_write() drops a zero-length write; a debugfs or tracefs handler
+    # gets it (kstrtobool_from_user("") is EINVAL).  FUSE never sends one, so
+    # only the model's own callers can tell
+    empty_writes: bool = False
 
     @property
     def mode(self) -> int:
@@ -121,7 +125,7 @@ class SnapshotHandle:
         return self.content[offset:offset + size]
 
     def write(self, req: Request, data: bytes) -> int:
-        if not data:
+        if not data and not (self.node.empty_writes and self.node.store is not None):
             return 0
         if self.node.store is None:
             return -errno.EIO

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .ftrace import FtraceOps, OpsFlag
-from .printk import KERN_INFO
+from .printk import KERN_INFO, KERN_WARNING
 from .symbols import KFunc
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+
+PR_FMT = "kprobes: "  # kernel/kprobes.c's pr_fmt
 
 
 @attrs.define(eq=False)
@@ -98,15 +100,27 @@ class Kprobes:
             self.probes.remove(kp)
 
     def set_enabled(self, on: bool) -> int:
+        """arm_all_kprobes() / disarm_all_kprobes(): every probe on a
+        best-effort basis.  Arming that fails for some probes still leaves
+        kprobes globally enabled; the last error is the write's and a warning
+        counts the failures (pr_fmt "kprobes: ")."""
         if on == self.enabled:
             return 0
         self.enabled = on
-        if on:
-            for kp in self.probes:
-                self._arm(kp)
-            self.k.printk_task(KERN_INFO, "Kprobes globally enabled")
-        else:
+        if not on:
             for kp in self.probes:
                 self._disarm(kp)
-            self.k.printk_task(KERN_INFO, "Kprobes globally disabled")
-        return 0
+            self.k.printk_task(KERN_INFO, f"{PR_FMT}Kprobes globally disabled")
+            return 0
+        ret = errors = 0
+        for kp in self.probes:
+            if err := self._arm(kp):
+                errors += 1
+                ret = err
+        if errors:
+            self.k.printk_task(KERN_WARNING, f"{PR_FMT}Kprobes globally enabled, but failed to enable {errors} out "
+                               f"of {len(self.probes)} probes. Please check which kprobes are kept disabled via "
+                               "debugfs.")
+        else:
+            self.k.printk_task(KERN_INFO, f"{PR_FMT}Kprobes globally enabled")
+        return ret
