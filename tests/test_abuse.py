@@ -113,10 +113,22 @@ def _kstrtoint(data: bytes) -> int | None:
 
 
 def _dointvec(data: bytes) -> int | None:
-    """proc_dointvec() for one value as spec/sysfs-abi.md states it: blanks
-    around one decimal integer."""
-    m = re.fullmatch(rb"\s*(-?[0-9]+)\s*", data)
-    return int(m.group(1)) if m else None
+    """proc_dointvec() for one value (kernel/sysctl.c proc_get_long): blanks,
+    an optional '-', a base-0 number (0x hex, 0 octal) of under 21 characters
+    in int range, then the end or a blank and anything."""
+    m = re.fullmatch(rb"[ \t\n\v\f\r]*(-?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)(?:[ \t\n].*)?", data, re.DOTALL)
+    if m is None or len(m.group(1) + m.group(2)) >= 21:
+        return None
+    digits = m.group(2)
+    value = int(digits, 16 if digits[:2].lower() == b"0x" else 8 if digits.startswith(b"0") else 10)
+    value = -value if m.group(1) else value
+    return value if -2**31 <= value < 2**31 else None
+
+
+def _kstrtoul10(data: bytes) -> int | None:
+    """kstrtoul_from_user(.., 10, ..): '+'?, decimal digits, one newline at most."""
+    m = re.fullmatch(rb"\+?([0-9]+)\n?", data[:23])
+    return int(m.group(1)) if m and int(m.group(1)) < 2**64 else None
 
 
 def _doulong(data: bytes) -> int | None:
@@ -156,8 +168,12 @@ def _predict_success(w: Write, k: Kernel, root: Dir, req: Request) -> None:
         assert w.read_back(k, root, req) == f"{w.next_seq}\n".encode()
     elif name in ("trace", "init_module"):
         assert unchanged  # a write to trace is a stub; a partial module record is only gathered
-    elif name in ("ftrace_enabled", "tracing_on"):
+    elif name == "ftrace_enabled":  # the int as written (nothing here is PERMANENT)
         value = _dointvec(w.data)
+        assert value is not None
+        assert w.read_back(k, root, req) == f"{value}\n".encode()
+    elif name == "tracing_on":
+        value = _kstrtoul10(w.data)
         assert value is not None
         assert w.read_back(k, root, req) == f"{int(value != 0)}\n".encode()
     elif name == "tainted":

@@ -135,3 +135,97 @@ def test_rearming_kprobes_that_cannot_arm_returns_the_error_and_warns(machine):
 def test_kprobes_enabled_refuses_what_kstrtobool_refuses(machine, data):
     assert _file_write(machine.k, KPROBES_ENABLED, data) == -errno.EINVAL
 
+
+# -- item 3: tracing_on, ftrace_enabled, enabled_functions ----------------------------------
+
+@pytest.mark.parametrize("data,ret,on", [
+    (b"1\n", 2, True), (b"+5\n", 3, True), (b"010", 3, True), (b"0\n", 2, False), (b"00", 2, False),
+    (b"0x1", -errno.EINVAL, None), (b" 1", -errno.EINVAL, None), (b"1 ", -errno.EINVAL, None),
+    (b"-1", -errno.EINVAL, None), (b"1\n\n", -errno.EINVAL, None), (b"\n", -errno.EINVAL, None),
+    (b"18446744073709551616", -errno.ERANGE, None), (b"18446744073709551615", 20, True),
+])
+def test_tracing_on_parses_as_kstrtoul_base_10(machine, data, ret, on):
+    k = machine.k
+    k.tracer.tracing_on = not on if on is not None else False
+    assert _file_write(k, "sys/kernel/tracing/tracing_on", data) == ret
+    if on is not None:
+        assert _file_read(k, "sys/kernel/tracing/tracing_on") == f"{int(on)}\n"
+
+
+FTRACE_ENABLED = "proc/sys/kernel/ftrace_enabled"
+
+
+@pytest.mark.parametrize("data,shown", [
+    (b"0\n", "0"), (b"5\n", "5"), (b" \t-7\n", "-7"), (b"0x10", "16"), (b"010\n", "8"), (b"3 junk", "3"),
+    (b"2147483647", "2147483647"), (b"-2147483648", "-2147483648"),
+])
+def test_ftrace_enabled_keeps_the_int_proc_dointvec_stored(machine, data, shown):
+    k = machine.k
+    assert _file_write(k, FTRACE_ENABLED, data) == len(data)
+    assert _file_read(k, FTRACE_ENABLED) == f"{shown}\n"
+    assert k.ftrace.enabled == (shown != "0")
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"1x", b"08", b"0x", b"-", b"2147483648", b"-2147483649",
+                                  b"1" * 21, b"abc"])
+def test_ftrace_enabled_refuses_what_proc_dointvec_refuses(machine, data):
+    k = machine.k
+    assert _file_write(k, FTRACE_ENABLED, data) in (-errno.EINVAL, 0 if not data else -errno.EINVAL)
+    assert _file_read(k, FTRACE_ENABLED) == "1\n" and k.ftrace.enabled
+
+
+def test_ftrace_enabled_off_under_a_livepatch_is_ebusy_and_reads_1(machine):
+    k = machine.k
+    assert _file_write(k, FTRACE_ENABLED, b"7\n") == 2
+    assert machine.insmod("test_klp_livepatch") == 0
+    assert _file_write(k, FTRACE_ENABLED, b"0\n") == -errno.EBUSY
+    assert _file_read(k, FTRACE_ENABLED) == "1\n"
+
+
+def _enabled_functions(k: Kernel) -> list[str]:
+    return [line.split("\t")[0] for line in _file_read(k, "sys/kernel/tracing/enabled_functions").splitlines()]
+
+
+def test_enabled_functions_marks_m_only_once_an_ipmodify_ops_touched_the_record(machine):
+    k = machine.k
+    assert machine.insmod("test_klp_kprobe", "has_post_handler=0") == 0
+    assert _enabled_functions(k) == ["cmdline_proc_show (1) R         "]
+    assert machine.insmod("test_klp_livepatch") == 0
+    k.settle()
+    assert _enabled_functions(k)[0] == "cmdline_proc_show (2) R I     M  ->ftrace_ops_list_func+0x0/0x200"
+    machine.write("test_klp_livepatch", "enabled", b"0")
+    k.settle()
+    # FTRACE_FL_MODIFIED stays once set
+    assert _enabled_functions(k) == ["cmdline_proc_show (1) R       M "]
+
+
+# -- item 3: dynamic_debug/control (lib/dynamic_debug.c ddebug_proc_show, opt_array) ---------
+
+def _control(k: Kernel) -> list[str]:
+    return _file_read(k, "sys/kernel/debug/dynamic_debug/control").splitlines()
+
+
+@pytest.mark.parametrize("version,query,flags", [
+    ("mainline", "+pmflst", "pmfslt"), ("6.12", "+tlsfmp", "pmfslt"), ("6.1", "+pmflt", "pmflt"),
+])
+def test_dyndbg_control_lists_flags_in_opt_array_order(version, query, flags):
+    from livefs.kernel.version import KernelVersion
+    k = Kernel(version=KernelVersion.parse(version), ncpus=1)
+    assert _file_write(k, "sys/kernel/debug/dynamic_debug/control",
+                       f"func klp_try_switch_task {query}\n".encode()) > 0
+    line = next(line for line in _control(k) if "]klp_try_switch_task " in line)
+    assert f" ={flags} " in line
+
+
+def test_dyndbg_source_name_flag_is_unknown_before_6_2():
+    from livefs.kernel.version import KernelVersion
+    k = Kernel(version=KernelVersion.parse("6.1"), ncpus=1)
+    assert _file_write(k, "sys/kernel/debug/dynamic_debug/control", b"func klp_try_switch_task +s\n") \
+        == -errno.EINVAL
+
+
+def test_dyndbg_control_escapes_space_characters_only():
+    from livefs.kernel.printk import DebugSite
+    k = Kernel(ncpus=1)
+    k.dyndbg.add_site(DebugSite("lp", "lp.c", 7, "lp_fn", 'a\t"b"\\c\r\n'))
+    assert _control(k)[-1] == 'lp.c:7 [lp]lp_fn =_ "a\\t"b"\\c\\r\\n"'

@@ -16,7 +16,7 @@ from .tree import Attr, Dir, Request
 
 
 def _control_store(req: Request, data: bytes) -> int:
-    return req.kernel.dyndbg.exec_queries(data.decode("utf-8", "replace"))
+    return req.kernel.dyndbg.exec_queries(data.decode("utf-8", "replace"), req.kernel.version)
 
 
 def _root_only(req: Request) -> int:
@@ -61,7 +61,7 @@ def _reboot_store(req: Request, data: bytes) -> int:
 
 def debug_dir(tracing: Dir) -> Dir:
     dyndbg = Dir(entries=lambda req: [
-        ("control", Attr(perm=0o644, st_size=0, show=lambda r: r.kernel.dyndbg.control_text(),
+        ("control", Attr(perm=0o644, st_size=0, show=lambda r: r.kernel.dyndbg.control_text(r.kernel.version),
                          store=_control_store, store_max=1 << 20)),
     ])
     livefs = Dir(perm=0o755, entries=lambda req: [

@@ -15,13 +15,48 @@ from .tree import Attr, Dir, Node, Request, Symlink
 
 TASK_COMM_LEN = 16
 
-_DOINTVEC = re.compile(rb"\s*(-?\d+)\s*\Z")
+INT_MAX = (1 << 31) - 1
+TMPBUFLEN = 22  # kernel/sysctl.c: what proc_get_long() looks at
+_SPACES = b" \t\n\v\f\r"  # isspace()
+_TRAILERS = b" \t\n"  # proc_wspace_sep: what may follow the number
+
+
+_BASE0 = re.compile(rb"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+
+
+def _strtoul_base0(text: bytes) -> tuple[int | None, int]:
+    """simple_strtoul(s, &end, 0) on text that starts with a digit: (value,
+    characters used); None past ULONG_MAX (strtoul_lenient's -ERANGE)."""
+    m = _BASE0.match(text)
+    assert m is not None
+    digits = m.group()
+    value = int(digits, 16) if digits[:2].lower() == b"0x" else int(digits, 8 if digits[:1] == b"0" else 10)
+    return (value if value < 1 << 64 else None), m.end()
 
 
 def parse_dointvec(data: bytes) -> int | None:
-    """proc_dointvec() for a single value: optional whitespace around one integer."""
-    m = _DOINTVEC.match(data)
-    return int(m.group(1)) if m else None
+    """proc_dointvec() writing one int (kernel/sysctl.c __do_proc_dointvec,
+    proc_get_long, do_proc_dointvec_conv): blanks first, an optional '-', a
+    number in base 0 (0x hex, 0 octal), then a blank or the end; what follows
+    the blank is not looked at.  None for EINVAL (nothing there, anything else
+    after the number, a number of 21 characters, or one outside int)."""
+    text = data.lstrip(_SPACES)
+    if not text:
+        return None
+    tmp = text[:TMPBUFLEN - 1]
+    neg = tmp[:1] == b"-" and len(text) > 1
+    body = tmp[1:] if neg else tmp
+    if not body[:1].isdigit():
+        return None
+    value, used = _strtoul_base0(body)
+    length = used + neg
+    if value is None or length == TMPBUFLEN - 1:
+        return None
+    if length < len(text) and text[length] not in _TRAILERS:
+        return None
+    if value > INT_MAX + neg:
+        return None
+    return -value if neg else value
 
 
 # include/linux/sched.h: PF_FORKNOEXEC, PF_SUPERPRIV, PF_NOFREEZE, PF_KTHREAD, PF_RANDOMIZE
@@ -197,7 +232,7 @@ def _ftrace_enabled_store(req: Request, data: bytes) -> int:
 
 def proc_dir() -> Dir:
     sys_kernel = Dir(perm=0o555, entries=lambda req: [
-        ("ftrace_enabled", Attr(perm=0o644, st_size=0, show=lambda r: f"{int(r.kernel.ftrace.enabled)}\n",
+        ("ftrace_enabled", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.ftrace.sysctl}\n",
                                 store=_ftrace_enabled_store)),
         ("tainted", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.modules.tainted}\n",
                          store=_tainted_store)),

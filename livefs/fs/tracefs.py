@@ -4,18 +4,34 @@ kprobes debugfs switch."""
 from __future__ import annotations
 
 import errno
+import re
 
 from livefs.kernel.ftrace import OpsFlag
 from livefs.kernel.params import parse_bool
 
-from .procfs import parse_dointvec
 from .tree import Attr, Dir, Request
 
 
-def _tracing_on_store(req: Request, data: bytes) -> int:
-    value = parse_dointvec(data)
-    if value is None:
+KSTRTOUL_FROM_USER_MAX = 23  # kstrtoul_from_user() copies this much of the write
+_DECIMAL = re.compile(rb"\+?([0-9]+)\n?")
+
+
+def kstrtoul_base10(data: bytes) -> int:
+    """kstrtoul_from_user(buf, count, 10, &val): an optional '+', decimal digits
+    (no 0x, no sign, no blanks) and an optional newline, of the first 23 bytes;
+    the value, -EINVAL or -ERANGE (past ULONG_MAX)."""
+    m = _DECIMAL.fullmatch(data[:KSTRTOUL_FROM_USER_MAX])
+    if m is None:
         return -errno.EINVAL
+    value = int(m.group(1))
+    return value if value < 1 << 64 else -errno.ERANGE
+
+
+def _tracing_on_store(req: Request, data: bytes) -> int:
+    """rb_simple_write(): any non-zero number turns the buffer on."""
+    value = kstrtoul_base10(data)
+    if value < 0:
+        return value
     req.kernel.tracer.tracing_on = value != 0
     return 0
 
@@ -48,8 +64,10 @@ def _available(req: Request) -> str:
 
 
 def _enabled_functions(req: Request) -> str:
-    """One line per hooked record, in the 6.12 x86-64 shape: name, ref count,
-    flag columns R, I, D, O, M, then the trampoline and callback."""
+    """One line per hooked record, in the 6.12 x86-64 shape (ftrace.c t_show):
+    name, ref count, flag columns R, I, D, O, then M for a record an IPMODIFY
+    or DIRECT ops ever touched (FTRACE_FL_MODIFIED), then the trampoline and
+    callback."""
     lines = []
     tramp = 0xFFFFFFFFC03A0000
     for obj, funcs in req.kernel.symbols.objects.items():
@@ -59,8 +77,10 @@ def _enabled_functions(req: Request) -> str:
                 continue
             regs = " R" if any(OpsFlag.SAVE_REGS in o.flags for o in hooked) else "  "
             ipmod = " I" if any(OpsFlag.IPMODIFY in o.flags for o in hooked) else "  "
+            direct = " D" if any(OpsFlag.DIRECT in o.flags for o in hooked) else "  "
+            modified = " M " if f in req.kernel.ftrace.modified else "   "
             name = f.name if obj == "vmlinux" else f"{f.name} [{obj}]"
-            line = f"{name} ({len(hooked)}){regs}{ipmod}     M "
+            line = f"{name} ({len(hooked)}){regs}{ipmod}{direct}  {modified}"
             if len(hooked) == 1:
                 handler = _handler_name(hooked[0])
                 line += f"\ttramp: 0x{tramp:x} ({handler}+0x0/0x100) ->{handler}+0x0/0x100"

@@ -27,6 +27,12 @@ class OpsFlag(enum.Flag):
     SAVE_REGS = 4
     IPMODIFY = 8
     PERMANENT = 16
+    DIRECT = 32
+
+
+# an ops with one of these marks every record it attaches to FTRACE_FL_MODIFIED,
+# for good (enabled_functions' " M ")
+MODIFIES = OpsFlag.IPMODIFY | OpsFlag.DIRECT
 
 
 @attrs.define
@@ -53,10 +59,18 @@ class Ftrace:
     text: Text = attrs.field(factory=Text)
     enabled: bool = True
     ops: list[FtraceOps] = attrs.field(factory=list)
+    # kernel.ftrace_enabled as proc_dointvec stored it (any int; ``enabled`` is !!it)
+    sysctl: int = 1
+    modified: set[KFunc] = attrs.field(factory=set)  # records with FTRACE_FL_MODIFIED
 
     def update_call_sites(self) -> None:
         """ftrace_replace_code(): every function's entry becomes a call when
-        some registered ops hooks it (and ftrace is on), a nop otherwise."""
+        some registered ops hooks it (and ftrace is on), a nop otherwise.
+        Records an IPMODIFY or DIRECT ops attaches to stay MODIFIED (set in
+        __ftrace_hash_rec_update, whether or not ftrace is on)."""
+        for ops in self.ops:
+            if ops.flags & MODIFIES:
+                self.modified |= ops.filter
         hooked = set()
         if self.enabled:
             for ops in self.ops:
@@ -106,12 +120,17 @@ class Ftrace:
         return 0
 
     def set_sysctl(self, value: int) -> int:
-        """proc handler of kernel.ftrace_enabled; value already parsed."""
+        """ftrace_enable_sysctl() after proc_dointvec stored ``value``: the
+        int stays as written; only a change of !!value acts, and turning off
+        under a PERMANENT ops is EBUSY with the sysctl set back to 1."""
         on = value != 0
         if on == self.enabled:
+            self.sysctl = value
             return 0
         if not on and any(OpsFlag.PERMANENT in o.flags for o in self.ops):
+            self.sysctl = 1
             return -errno.EBUSY
+        self.sysctl = value
         self.enabled = on
         self.update_call_sites()
         return 0

@@ -12,11 +12,14 @@ from __future__ import annotations
 import errno
 import fnmatch
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 
 from .clock import Clock
+
+if TYPE_CHECKING:
+    from .version import KernelVersion
 
 KERN_EMERG, KERN_ALERT, KERN_CRIT, KERN_ERR, KERN_WARNING, KERN_NOTICE, KERN_INFO, KERN_DEBUG = range(8)
 LOG_USER = 1
@@ -100,11 +103,22 @@ class DebugSite:
     def enabled(self) -> bool:
         return "p" in self.flags
 
-    def control_line(self) -> str:
-        escaped = (self.fmt.replace("\\", "\\\\").replace("\n", "\\012")
-                   .replace("\t", "\\011").replace('"', '\\"'))
-        flags = self.flags or "_"
+    def control_line(self, order: str = "pmfsltd") -> str:
+        """ddebug_proc_show(): the flags in opt_array's order (``_`` for none),
+        the format through seq_escape_str(ESCAPE_SPACE, "\\t\\r\\n\\""): tab, CR
+        and newline as ``\\t`` ``\\r`` ``\\n``; a quote or backslash as it is
+        (ESCAPE_SPACE has no rule for them; kernels before 6.1 used octal)."""
+        escaped = self.fmt.translate(_ESCAPE_SPACE)
+        flags = "".join(c for c in order if c in self.flags) or "_"
         return f'{self.filename}:{self.lineno} [{self.module}]{self.function} ={flags} "{escaped}"'
+
+
+_ESCAPE_SPACE = str.maketrans({"\t": "\\t", "\r": "\\r", "\n": "\\n"})
+
+
+def flag_order(version: "KernelVersion | None") -> str:
+    """opt_array of lib/dynamic_debug.c: 's' (source file name) from 6.2."""
+    return "pmflt" if version is not None and not version.at_least(6, 2) else "pmfsltd"
 
 
 _FLAG_CHARS = set("pmfltsd_")
@@ -118,19 +132,21 @@ class DynamicDebug:
         self.sites.append(site)
         return site
 
-    def control_text(self) -> str:
+    def control_text(self, version: "KernelVersion | None" = None) -> str:
         lines = ["# filename:lineno [module]function flags format"]
-        lines += [s.control_line() for s in self.sites]
+        lines += [s.control_line(flag_order(version)) for s in self.sites]
         return "\n".join(lines) + "\n"
 
-    def exec_queries(self, text: str) -> int:
-        """Apply the queries of one write; 0 or -EINVAL like ddebug_exec_queries."""
+    def exec_queries(self, text: str, version: "KernelVersion | None" = None) -> int:
+        """Apply the queries of one write; 0 or -EINVAL like ddebug_exec_queries
+        (a flag the version does not know is EINVAL)."""
+        known = set(flag_order(version)) | {"_"}
         queries = [q.strip() for part in text.split("\n") for q in part.split(";")]
         queries = [q for q in queries if q and not q.startswith("#")]
         parsed = []
         for q in queries:
             query = self._parse(q)
-            if query is None:
+            if query is None or not query[2] <= known:
                 return -errno.EINVAL
             parsed.append(query)
         for match, op, flags in parsed:
@@ -143,7 +159,7 @@ class DynamicDebug:
                         cur -= flags
                     else:
                         cur = set(flags)
-                    site.flags = "".join(c for c in "pmflts" if c in cur)
+                    site.flags = "".join(sorted(cur))
         return 0
 
     @staticmethod
