@@ -10,19 +10,12 @@ inside ``lp_busy_target_wait()`` while its ``hold`` parameter is set, and
 ``hold`` is set).  Written from the modules' behaviour: names, parameters,
 descriptions, printed lines, patched functions and replacement symbol names.
 
-The model has no kthread API yet (issue 12): ``kthread_run()``, ``msleep()``
-in a loop and ``kthread_stop()`` are built here from the scheduler's
-internals (``Scheduler.block_in_call``, the work queue, ``TaskList``).
+lp_busy_target's worker is a kthread of the module API (``ctx.kthread_run``,
+``call.msleep``, ``call.kthread_should_stop``, ``ctx.kthread_stop``), written
+line for line from the C.
 """
 
 from __future__ import annotations
-
-import weakref
-from typing import Callable
-
-from livefs.kernel.clock import NSEC_PER_MSEC
-from livefs.kernel.livepatch.transition import klp_copy_process
-from livefs.kernel.tasks import RunState, Task, TaskKind
 
 from .api import CallContext, Callbacks, Func, Function, ModuleContext, ModuleDef, Object, Param, Patch
 
@@ -101,74 +94,24 @@ lp_callbacks = ModuleDef(
 )
 
 
-# -- a kthread built from scheduler internals ---------------------------------------------------
-# What the caller does once a function it called returns; a function body that
-# sleeps (block_in_call) returns asynchronously, so its caller's continuation
-# waits here, keyed by task.
-_CONTINUE: "weakref.WeakKeyDictionary[Task, Callable[[], None]]" = weakref.WeakKeyDictionary()
-
-
-def _stack(ctx: ModuleContext, task: Task, *frames: str) -> None:
-    """The kthread's stack: kthread(), then ``frames`` (module functions, or
-    vmlinux ones such as msleep)."""
-    k = ctx.kernel
-    stack = [k.vmlinux_func("kthread")]
-    for name in frames:
-        found = k.symbols.find(ctx.name, name) or k.symbols.find("vmlinux", name)
-        stack.append(found[0])
-    task.stack = stack
-
-
-def _kthread_run(ctx: ModuleContext, comm: str) -> Task:
-    """kthread_run(): a kthread, child of kthreadd, born with its patch state."""
-    k = ctx.kernel
-    task = Task(k.tasks.new_pid(), comm[:15], TaskKind.KTHREAD, ppid=2, interruptible=False)
-    klp_copy_process(k.livepatch, k.tasks.get(2), task)
-    return k.tasks.add(task)
-
-
-def _msleep_in_function(call: CallContext, keep_sleeping: Callable[[int], bool], on_return: Callable[[int], None],
-                        at_least_once: bool = False) -> None:
-    """``while (keep_sleeping(waited)) { msleep(100); waited += 100; }`` inside
-    the running function (the task stays in it, so stack checks see it there),
-    then ``on_return(waited)`` and the caller's continuation."""
-    k, task = call.kernel, call.task
-    state = {"waited": 0}
-
-    def returned() -> None:
-        on_return(state["waited"])
-        cont = _CONTINUE.pop(task, None)
-        if cont is not None:
-            k.wq.schedule(0, "kthread loop", cont)
-
-    if keep_sleeping(0):
-        def until() -> bool:
-            state["waited"] += 100
-            return not keep_sleeping(state["waited"])
-    elif at_least_once:  # lp_busy's new_wait: "if (!waited) msleep(100);"
-        def until() -> bool:
-            return True
-    else:
-        returned()
-        return
-    k.sched.block_in_call(task, period_ns=100 * NSEC_PER_MSEC, until=until, then=returned)
-
-
 # -- lp_busy_target ------------------------------------------------------------------------------
 
 
-def _target_should_stop(ctx: ModuleContext) -> bool:
-    return bool(ctx.data.get("stop"))
+def _hold(call: CallContext, ctx: ModuleContext) -> int:
+    """Both modules' loop: msleep(100) while ``ctx``'s hold, up to hold_max_ms,
+    unless the kthread is told to stop; the ms waited."""
+    waited = 0
+    while ctx.param("hold") and waited < ctx.param("hold_max_ms") and not call.kthread_should_stop():
+        call.msleep(100)
+        waited += 100
+    return waited
 
 
 def _lp_busy_target_wait(call: CallContext) -> int:
     ctx = call.module
     ctx.pr_info(f"original lp_busy_target_wait entered (pid {call.task.pid})")
-    _msleep_in_function(
-        call,
-        keep_sleeping=lambda waited: bool(ctx.param("hold")) and waited < ctx.param("hold_max_ms")
-        and not _target_should_stop(ctx),
-        on_return=lambda waited: ctx.pr_info(f"original lp_busy_target_wait returns after {waited} ms"))
+    waited = _hold(call, ctx)
+    ctx.pr_info(f"original lp_busy_target_wait returns after {waited} ms")
     return 0
 
 
@@ -180,53 +123,26 @@ def _target_proc_show(call: CallContext) -> str:
     return call.kernel.call(call.task, "lp_busy_target", "lp_busy_target_msg") + "\n"
 
 
-def _worker_fn(ctx: ModuleContext) -> None:
-    """One pass of worker_fn's loop: call lp_busy_target_wait() while hold,
-    else msleep(50)."""
-    k, task = ctx.kernel, ctx.data["worker"]
-    ctx.data["work"] = None
-    if _target_should_stop(ctx):
-        return
-    if ctx.param("hold"):
-        _stack(ctx, task, "worker_fn")
-        task.state, task.cpu = RunState.RUNNING, 0
-        _CONTINUE[task] = lambda: _worker_fn(ctx)
-        outer, k.current = k.current, task
-        try:
-            k.call(task, "lp_busy_target", "lp_busy_target_wait")
-        finally:
-            k.current = outer
-            if not k.sched.is_blocked(task):
-                task.state, task.cpu = RunState.SLEEPING, None
-        return
-    _stack(ctx, task, "worker_fn", "msleep")
-    task.state, task.cpu = RunState.SLEEPING, None
-    ctx.data["work"] = k.wq.schedule(50 * NSEC_PER_MSEC, "msleep", lambda: _worker_fn(ctx))
+def _worker_fn(call: CallContext) -> int:
+    while not call.kthread_should_stop():
+        if call.module.param("hold"):
+            call.kernel.call(call.task, "lp_busy_target", "lp_busy_target_wait")
+        else:
+            call.msleep(50)
+    return 0
 
 
 def _target_init(ctx: ModuleContext) -> int:
-    k = ctx.kernel
-    k.proc_create_single(ctx.module, "lp_busy_target", ctx.function("target_proc_show"))
-    worker = _kthread_run(ctx, "lp_busy_worker")
+    ctx.kernel.proc_create_single(ctx.module, "lp_busy_target", ctx.function("target_proc_show"))
+    worker = ctx.kthread_run("worker_fn", "lp_busy_worker")
     ctx.data["worker"] = worker
-    _stack(ctx, worker, "worker_fn", "msleep")
-    ctx.data["work"] = k.wq.schedule(0, "kthread start", lambda: _worker_fn(ctx))
     ctx.pr_info(f"loaded, worker pid {worker.pid}, hold={int(bool(ctx.param('hold')))}")
     return 0
 
 
 def _target_exit(ctx: ModuleContext) -> None:
-    k = ctx.kernel
-    worker = ctx.data["worker"]
-    ctx.data["stop"] = True  # kthread_stop(): should_stop, wake it, wait for it to end
-    work = ctx.data.pop("work", None)
-    if work is not None:
-        work.cancel()
-    if k.sched.is_blocked(worker):
-        k.sched.finish_blocked_call(worker)
-    _CONTINUE.pop(worker, None)
-    k.tasks.remove(worker.pid)
-    k.remove_proc_entry("lp_busy_target")
+    ctx.kthread_stop(ctx.data["worker"])
+    ctx.kernel.remove_proc_entry("lp_busy_target")
     ctx.pr_info("unloaded")
 
 
@@ -237,7 +153,7 @@ lp_busy_target = ModuleDef(
             Param("hold_max_ms", "uint", 600000, 0o644, "upper bound of one sleep in lp_busy_target_wait()")],
     functions=[Function("lp_busy_target_wait", _lp_busy_target_wait),
                Function("lp_busy_target_msg", _lp_busy_target_msg),
-               Function("worker_fn", lambda call: None),
+               Function("worker_fn", _worker_fn),
                Function("target_proc_show", _target_proc_show)],
     init=_target_init,
     exit=_target_exit,
@@ -249,15 +165,11 @@ lp_busy_target = ModuleDef(
 
 def _new_wait(call: CallContext) -> int:
     ctx = call.module  # lp_busy's context: the replacement belongs to it
-    target = call.kernel.modules.get("lp_busy_target")
-    stopping = (lambda: bool(target.ctx.data.get("stop"))) if target is not None else (lambda: False)
     ctx.pr_info(f"patched lp_busy_target_wait entered (pid {call.task.pid})")
-    _msleep_in_function(
-        call,
-        keep_sleeping=lambda waited: bool(ctx.param("hold")) and waited < ctx.param("hold_max_ms")
-        and not stopping(),
-        on_return=lambda waited: ctx.pr_info(f"patched lp_busy_target_wait returns after {waited} ms"),
-        at_least_once=True)
+    waited = _hold(call, ctx)
+    if not waited:
+        call.msleep(100)
+    ctx.pr_info(f"patched lp_busy_target_wait returns after {waited} ms")
     return 0
 
 

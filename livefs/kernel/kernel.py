@@ -85,6 +85,21 @@ class CallContext:
         the text there says right now."""
         return self.kernel.jump_labels.site_value(self.func, key)
 
+    # -- sleeping where the body is (kthreads started with kthread_run() only) --------
+    def msleep(self, ms: int) -> None:
+        """msleep(ms): the task sleeps uninterruptibly inside this function
+        (and every caller on its stack) for ``ms`` of model time."""
+        self.kernel.sched.kthreads.sleep(self.task, ms, "msleep")
+
+    def schedule_timeout(self, ms: int | None = None) -> int:
+        """set_current_state(TASK_INTERRUPTIBLE); schedule_timeout(): sleep
+        until wake_up_process() or ``ms`` (None: no timeout); the ms left."""
+        return self.kernel.sched.kthreads.sleep(self.task, ms, "schedule")
+
+    def kthread_should_stop(self) -> bool:
+        kt = self.kernel.sched.kthreads.of(self.task)
+        return kt is not None and kt.should_stop
+
 
 # Kernel functions that tasks sleep or run in; bodies matter only for the
 # ones a file or syscall reaches (/proc/cmdline, /proc/meminfo, getpid).

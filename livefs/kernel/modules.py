@@ -105,6 +105,22 @@ class ModuleContext:
         if worker is not None and self.kernel.sched.is_blocked(worker):
             self.kernel.sched.finish_blocked_call(worker)
 
+    def kthread_run(self, fn: "str | KFunc", name: str, *args: Any):
+        """kthread_run(fn, data, name): a kthread running this module's function
+        ``fn`` (its body gets ``call`` and ``args``); returns the task.  Inside,
+        ``call.msleep(ms)``, ``call.schedule_timeout(ms)`` and
+        ``call.kthread_should_stop()``; from anywhere, :meth:`kthread_stop`
+        and :meth:`wake_up_process`."""
+        func = fn if isinstance(fn, KFunc) else self.function(fn)
+        return self.kernel.sched.kthreads.run(func, name, *args)
+
+    def kthread_stop(self, task) -> int:
+        """kthread_stop(): should-stop, wake, wait for the function's return value."""
+        return self.kernel.sched.kthreads.stop(task)
+
+    def wake_up_process(self, task) -> bool:
+        return self.kernel.sched.kthreads.wake_up_process(task)
+
     def static_key(self, name: str):
         """A key by name (the module's own, vmlinux's, or another module's)."""
         key = self.kernel.jump_labels.key(name)

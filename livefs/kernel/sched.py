@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import attrs
 
 from .clock import NSEC_PER_MSEC, Work
+from .kthread import Kthreads
 from .livepatch.consistency import ConsistencyModel
 from .livepatch.record import Cause
 from .livepatch.transition import (forbidden_functions, incoming_functions, initial_state, klp_copy_process,
@@ -47,6 +48,10 @@ class Scheduler:
     _tick_pending: bool = False
     _kworkers: int = 0
     _idle_kicked: set[Task] = attrs.field(factory=set)
+    kthreads: Kthreads = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.kthreads = Kthreads(self.k)
 
     def _base(self, kind: TaskKind) -> list[KFunc]:
         f = self.k.vmlinux_func
@@ -222,6 +227,9 @@ class Scheduler:
         goes back to sleep where it was."""
         if task.state is RunState.SLEEPING and task.interruptible:
             task.wakeups += 1
+            kt = self.kthreads.of(task)
+            if kt is not None and kt.sleeping == "schedule":  # back to its loop, as woken
+                self.kthreads.wake_up_process(task)
 
     def fake_signal(self, task: Task) -> None:
         """set_notify_signal(): an interruptible sleep ends (EINTR) and the task

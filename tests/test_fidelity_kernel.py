@@ -1,0 +1,168 @@
+"""Kernel behaviour the model gets from the kernel source (issue 12): the
+kthread API for module code, the cond_resched switch point per version,
+klp_get_prev_state() outside a transition, dump_stack() of a positive init
+return.  Virtual time only."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from livefs.catalog.api import CallContext, Func, Function, ModuleContext, ModuleDef, Object, Param, Patch
+from livefs.kernel.clock import NSEC_PER_MSEC, NSEC_PER_SEC
+from livefs.kernel.tasks import KLP_PATCHED, KLP_UNPATCHED, RunState
+
+# -- 1. the kthread API ------------------------------------------------------------------------------
+
+
+def _waiter(call: CallContext) -> int:
+    """Sleeps in 10 ms steps while ``hold``; counts its sleeps."""
+    ctx = call.module
+    while ctx.param("hold") and not call.kthread_should_stop():
+        call.msleep(10)
+        ctx.data["sleeps"] = ctx.data.get("sleeps", 0) + 1
+    return 0
+
+
+def _loop(call: CallContext, tag: str) -> int:
+    ctx = call.module
+    ctx.data["started"] = call.kernel.clock.now_ns
+    while not call.kthread_should_stop():
+        call.kernel.call(call.task, ctx.name, "kt_wait")
+        left = call.schedule_timeout(1000)  # until woken, or a second
+        ctx.data.setdefault("woke", []).append(left)
+    return 7
+
+
+def _kt_init(ctx: ModuleContext) -> int:
+    ctx.data["task"] = ctx.kthread_run("kt_loop", "kt_worker", "tag")
+    return 0
+
+
+def _kt_exit(ctx: ModuleContext) -> None:
+    ctx.data["stopped"] = ctx.kthread_stop(ctx.data["task"])
+
+
+KT_MOD = ModuleDef(
+    name="kt_mod", description="a module with a kthread",
+    params=[Param("hold", "bool", True, 0o644, "sleep in kt_wait")],
+    functions=[Function("kt_wait", _waiter), Function("kt_loop", _loop)],
+    init=_kt_init, exit=_kt_exit)
+
+
+def _new_wait(call: CallContext) -> int:
+    """A replacement that sleeps inside itself while lp_kt's own hold is set."""
+    ctx = call.module
+    while ctx.param("hold") and not call.kthread_should_stop():
+        call.msleep(10)
+    return 0
+
+
+LP_KT = ModuleDef(
+    name="lp_kt", description="livepatch of kt_wait", livepatch=True,
+    params=[Param("hold", "bool", True, 0o644, "sleep in the replacement")],
+    patch=Patch(objs=[Object("kt_mod", [Func("kt_wait", _new_wait, new_name="new_kt_wait")])]))
+
+
+def _load(machine, defn: ModuleDef, args: str = "") -> int:
+    with machine.k.syscall(machine.task("insmod")):
+        return machine.k.load_module(defn, args)
+
+
+def _names(task) -> list[str]:
+    return [f.name for f in task.stack]
+
+
+def test_kthread_runs_sleeps_inside_its_function_and_stops(machine):
+    k = machine.k
+    assert _load(machine, KT_MOD) == 0
+    ctx = k.modules.get("kt_mod").ctx
+    task = ctx.data["task"]
+    assert task.comm == "kt_worker" and task.ppid == 2 and task.is_kthread
+    assert k.tasks.get(task.pid) is task
+    k.advance(55 * NSEC_PER_MSEC)
+    # asleep in msleep() inside kt_wait(), called from kt_loop() of the kthread
+    assert _names(task) == ["kthread", "kt_loop", "kt_wait", "msleep", "schedule"]
+    assert task.state is RunState.SLEEPING and not task.interruptible
+    assert ctx.data["sleeps"] == 5
+    k.advance(45 * NSEC_PER_MSEC)
+    assert ctx.data["sleeps"] == 10
+    # hold off: kt_wait returns, the loop sleeps in schedule_timeout until woken
+    ctx.set_param("hold", False)
+    k.advance(10 * NSEC_PER_MSEC)
+    assert _names(task) == ["kthread", "kt_loop", "schedule"] and task.interruptible
+    k.advance(300 * NSEC_PER_MSEC)
+    assert ctx.wake_up_process(task)
+    assert "woke" not in ctx.data  # it runs once the caller lets the CPU go
+    k.run_pending()
+    assert ctx.data["woke"] == [700]
+    # rmmod: kthread_stop() wakes it, it returns 7 and exits
+    t0 = k.clock.now_ns
+    assert machine.rmmod("kt_mod") == 0
+    assert ctx.data["stopped"] == 7 and k.tasks.get(task.pid) is None
+    assert k.clock.now_ns == t0 and k.wq.next_deadline() is None
+
+
+def test_kthread_stop_ends_an_msleep_and_a_kthread_that_never_ran(machine):
+    k = machine.k
+    assert _load(machine, KT_MOD) == 0
+    k.advance(25 * NSEC_PER_MSEC)
+    ctx = k.modules.get("kt_mod").ctx
+    assert machine.rmmod("kt_mod") == 0  # asleep in msleep(): the loop sees should_stop after it
+    assert ctx.data["stopped"] == 7 and ctx.data["sleeps"] == 3
+    # stopped before it ever ran: threadfn is not called, kthread_stop() is -EINTR
+    with k.syscall(machine.task("insmod")):
+        assert k.load_module(KT_MOD) == 0
+        ctx = k.modules.get("kt_mod").ctx
+        assert k.delete_module("kt_mod") == 0
+    assert ctx.data["stopped"] == -errno.EINTR and "started" not in ctx.data
+
+
+def test_replacement_function_sleeps_inside_itself_and_holds_the_transition(smp):
+    k = smp.k
+    assert _load(smp, KT_MOD) == 0
+    k.advance(15 * NSEC_PER_MSEC)
+    ctx = k.modules.get("kt_mod").ctx
+    task = ctx.data["task"]
+    assert _load(smp, LP_KT) == 0
+    lp = k.livepatch
+    assert lp.transition_patch is not None and task.patch_state == KLP_UNPATCHED  # asleep in kt_wait
+    ctx.set_param("hold", False)  # kt_wait returns, the next call runs new_kt_wait
+    k.advance(2 * NSEC_PER_SEC)
+    assert lp.transition_patch is None and task.patch_state != KLP_UNPATCHED
+    ctx.set_param("hold", True)
+    k.advance(2 * NSEC_PER_SEC)
+    assert _names(task) == ["kthread", "kt_loop", "new_kt_wait", "msleep", "schedule"]
+    # unpatching waits for the kthread to leave the replacement
+    assert smp.write("lp_kt", "enabled", b"0") == 0
+    k.advance(3 * NSEC_PER_SEC)
+    assert lp.transition_patch is not None and task.patch_state == KLP_PATCHED and task.patch_pending
+    k.modules.get("lp_kt").ctx.set_param("hold", False)
+    k.advance(2 * NSEC_PER_SEC)
+    assert lp.transition_patch is None
+    assert _names(task) == ["kthread", "kt_loop", "kt_wait", "msleep", "schedule"]
+
+
+def test_msleep_outside_a_kthread_is_a_module_bug(machine):
+    k = machine.k
+    k.add_vmlinux_function("sleepy_show", lambda call: call.msleep(10))
+    with pytest.raises(Exception):
+        machine.cat("sleepy_show")
+    assert any("msleep() outside a kthread" in line for line in machine.log())
+
+
+def test_lp_busy_target_worker_is_an_api_kthread(smp):
+    k = smp.k
+    assert smp.insmod("lp_busy_target") == 0
+    ctx = k.modules.get("lp_busy_target").ctx
+    worker = ctx.data["worker"]
+    assert k.sched.kthreads.of(worker) is not None
+    k.advance(1 * NSEC_PER_SEC)
+    assert _names(worker) == ["kthread", "worker_fn", "lp_busy_target_wait", "msleep", "schedule"]
+    # at 1 s the tenth msleep(100) has ended and the eleventh begun: kthread_stop()
+    # lets that one end, the loop counts it and sees should_stop
+    assert smp.rmmod("lp_busy_target") == 0
+    assert smp.log()[-2:] == ["lp_busy_target: original lp_busy_target_wait returns after 1100 ms",
+                              "lp_busy_target: unloaded"]
+    assert k.tasks.get(worker.pid) is None
