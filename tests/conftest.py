@@ -15,6 +15,7 @@ from hypothesis import settings
 
 from livefs.catalog import find
 from livefs.kernel.kernel import Kernel
+from livefs.kernel.version import MAINLINE, KernelVersion
 from livefs.kernel.printk import KERN_DEBUG
 from livefs.kernel.tasks import Task
 from livefs.testing.plugin import require_fuse as _require_fuse
@@ -100,8 +101,8 @@ class Machine:
         return [p.name for p in self.k.livepatch.sysfs_patches]
 
 
-def _machine(ncpus: int) -> Machine:
-    k = Kernel(ncpus=ncpus)
+def _machine(ncpus: int, version: KernelVersion = MAINLINE) -> Machine:
+    k = Kernel(ncpus=ncpus, version=version)
     assert k.dyndbg.exec_queries("file kernel/livepatch/* +p\nfunc klp_try_switch_task -p") == 0
     return Machine(k)
 
@@ -116,6 +117,13 @@ def machine() -> Machine:
 def smp() -> Machine:
     """Two CPUs: the second one idles (its idle task is running) or runs a spinner."""
     return _machine(2)
+
+
+@pytest.fixture
+def smp_612() -> Machine:
+    """Two CPUs on 6.12, where a spinning task switches in its cond_resched()
+    (v6.4-v6.15 only; from v6.16 only a TASK_FREEZABLE sleep switches it)."""
+    return _machine(2, KernelVersion.parse("6.12"))
 
 
 @pytest.fixture

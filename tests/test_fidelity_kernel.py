@@ -11,7 +11,7 @@ import pytest
 
 from livefs.catalog.api import CallContext, Func, Function, ModuleContext, ModuleDef, Object, Param, Patch
 from livefs.kernel.clock import NSEC_PER_MSEC, NSEC_PER_SEC
-from livefs.kernel.tasks import KLP_PATCHED, KLP_UNPATCHED, RunState
+from livefs.kernel.tasks import KLP_PATCHED, KLP_UNPATCHED, RunState, TaskKind
 
 # -- 1. the kthread API ------------------------------------------------------------------------------
 
@@ -166,3 +166,71 @@ def test_lp_busy_target_worker_is_an_api_kthread(smp):
     assert smp.log()[-2:] == ["lp_busy_target: original lp_busy_target_wait returns after 1100 ms",
                               "lp_busy_target: unloaded"]
     assert k.tasks.get(worker.pid) is None
+
+
+# -- 2. the cond_resched switch point by version --------------------------------------------------
+
+def _versioned(version: str):
+    from conftest import Machine
+    from livefs.kernel.kernel import Kernel
+    from livefs.kernel.version import KernelVersion
+
+    k = Kernel(version=KernelVersion.parse(version), ncpus=2)
+    assert k.dyndbg.exec_queries("file kernel/livepatch/* +p\nfunc klp_try_switch_task -p") == 0
+    return Machine(k)
+
+
+@pytest.mark.parametrize("version, site", [("6.1", None), ("6.3", None), ("6.4", "cond_resched"),
+                                           ("6.12", "cond_resched"), ("6.15", "cond_resched"),
+                                           ("6.16", "__schedule"), ("mainline", "__schedule")])
+def test_spinning_kthread_switches_in_cond_resched_only_from_6_4_to_6_15(version, site):
+    m = _versioned(version)
+    k = m.k
+    key = k.jump_labels.key("klp_sched_try_switch_key")
+    assert (key is None) == (site is None)
+    if key is not None:
+        assert [s.func.name for s in key.sites] == [site]
+    spinner = k.sched.spawn(TaskKind.KTHREAD, "spinner", None)
+    assert k.sched.spin(spinner, k.vmlinux_func("process_one_work"), cpu=1) == 0
+    assert m.insmod("test_klp_livepatch") == 0
+    assert spinner.patch_pending
+    k.advance(50 * NSEC_PER_MSEC)  # its cond_resched() calls, before the first retry
+    assert spinner.patch_pending == (site != "cond_resched")
+    k.advance(5 * NSEC_PER_SEC)  # running: no stack check can switch it either
+    assert spinner.patch_pending == (site != "cond_resched")
+    assert (k.livepatch.transition_patch is None) == (site == "cond_resched")
+
+
+def _freezable_loop(call: CallContext, tag: str) -> int:
+    ctx = call.module
+    while not call.kthread_should_stop():
+        call.kernel.call(call.task, ctx.name, "kt_wait")
+        call.schedule_timeout(5000, freezable=ctx.param("freezable"))
+    return 0
+
+
+FREEZE_MOD = ModuleDef(
+    name="kt_mod", description="a kthread that sleeps freezable or not",
+    params=[Param("hold", "bool", True, 0o644, "sleep in kt_wait"),
+            Param("freezable", "bool", True, 0o644, "TASK_FREEZABLE sleeps in the loop")],
+    functions=[Function("kt_wait", _waiter), Function("kt_loop", _freezable_loop)],
+    init=_kt_init, exit=_kt_exit)
+
+
+@pytest.mark.parametrize("version, freezable, at_once", [("mainline", True, True), ("mainline", False, False),
+                                                        ("6.16", True, True), ("6.12", True, False)])
+def test_freezable_sleep_switches_in_schedule_from_6_16(version, freezable, at_once):
+    m = _versioned(version)
+    k = m.k
+    assert _load(m, FREEZE_MOD, f"freezable={int(freezable)}") == 0
+    k.advance(15 * NSEC_PER_MSEC)
+    ctx = k.modules.get("kt_mod").ctx
+    task = ctx.data["task"]
+    assert _load(m, LP_KT) == 0
+    assert task.patch_pending  # asleep in kt_wait, which the patch replaces
+    ctx.set_param("hold", False)
+    k.advance(20 * NSEC_PER_MSEC)  # kt_wait returns and the loop goes to sleep, long before the retry
+    assert [f.name for f in task.stack] == ["kthread", "kt_loop", "schedule"]
+    assert task.patch_pending != at_once
+    k.advance(2 * NSEC_PER_SEC)
+    assert not task.patch_pending and k.livepatch.transition_patch is None

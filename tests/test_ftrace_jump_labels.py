@@ -131,12 +131,12 @@ def test_livepatch_may_not_use_another_modules_key(machine):
     assert machine.cat() == "False\n"
 
 
-def test_cond_resched_key_on_only_during_a_transition(smp):
-    k = smp.k
+def test_cond_resched_key_on_only_during_a_transition(smp_612):
+    k = smp_612.k
     key = k.jump_labels.key("klp_sched_try_switch_key")
     spinner = k.sched.spawn(TaskKind.KTHREAD, "spinner", None)
     k.sched.spin(spinner, k.vmlinux_func("process_one_work"))
-    smp.insmod(LP)
+    smp_612.insmod(LP)
     assert key.enabled == 1 and all(s.enabled for s in key.sites)
     k.advance(2 * NSEC_PER_SEC)
     assert k.livepatch.transition_patch is None

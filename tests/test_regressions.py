@@ -280,15 +280,15 @@ def test_three_stacked_patches_run_the_code_of_the_task_state(machine):
 
 # -- cond_resched and its static key ---------------------------------------------------------------
 
-def test_cond_resched_switches_nobody_while_the_key_is_off(smp):
+def test_cond_resched_switches_nobody_while_the_key_is_off(smp_612):
     """A task spinning on the other CPU can switch only in its own
     cond_resched(), and only while klp_sched_try_switch_key is on: with the
     key turned off mid-transition its cond_resched calls leave it pending;
     turned back on, the next call switches it."""
-    k = smp.k
+    k = smp_612.k
     spinner = k.sched.spawn(TaskKind.KTHREAD, "spinner", None)
     assert k.sched.spin(spinner, k.vmlinux_func("process_one_work"), cpu=1) == 0
-    smp.insmod(LP)
+    smp_612.insmod(LP)
     assert k.livepatch.in_transition() and spinner.patch_pending
     key = k.jump_labels.key("klp_sched_try_switch_key")
     assert key is not None and key.value

@@ -38,8 +38,8 @@ def test_idle_cpu_switches_through_its_idle_loop(smp):
     assert smp.log()[-1] == f"livepatch: '{LP}': patching complete"
 
 
-def test_running_task_cannot_be_checked_but_switches_in_cond_resched(smp):
-    machine = smp
+def test_running_task_cannot_be_checked_but_switches_in_cond_resched(smp_612):
+    machine = smp_612
     k = machine.k
     spinner = k.sched.spawn(TaskKind.KTHREAD, "spinner", None)
     k.sched.spin(spinner, func(k, "process_one_work"), cpu=1)

@@ -91,10 +91,11 @@ class CallContext:
         (and every caller on its stack) for ``ms`` of model time."""
         self.kernel.sched.kthreads.sleep(self.task, ms, "msleep")
 
-    def schedule_timeout(self, ms: int | None = None) -> int:
-        """set_current_state(TASK_INTERRUPTIBLE); schedule_timeout(): sleep
-        until wake_up_process() or ``ms`` (None: no timeout); the ms left."""
-        return self.kernel.sched.kthreads.sleep(self.task, ms, "schedule")
+    def schedule_timeout(self, ms: int | None = None, freezable: bool = False) -> int:
+        """set_current_state(TASK_INTERRUPTIBLE [| TASK_FREEZABLE]);
+        schedule_timeout(): sleep until wake_up_process() or ``ms`` (None: no
+        timeout); the ms left."""
+        return self.kernel.sched.kthreads.sleep(self.task, ms, "schedule", freezable)
 
     def kthread_should_stop(self) -> bool:
         kt = self.kernel.sched.kthreads.of(self.task)
@@ -207,9 +208,12 @@ class Kernel:
         self.symbols.add(KFunc("version_proc_show", body=_version_proc_show, static=True))
         self.symbols.add(KFunc("__x64_sys_getpid", body=_sys_getpid))
         self.symbols.add(KFunc("printk", notrace=True))
-        # v6.4+: cond_resched() tries a livepatch switch only while this key is on
-        key = self.jump_labels.define("klp_sched_try_switch_key", default=False)
-        self.jump_labels.add_site(self.vmlinux_func("cond_resched"), key)
+        # v6.4+: a scheduling point (cond_resched(), or __schedule() from v6.16)
+        # tries a livepatch switch only while this key is on
+        where = self.version.klp_sched_switch
+        if where is not None:
+            key = self.jump_labels.define("klp_sched_try_switch_key", default=False)
+            self.jump_labels.add_site(self.vmlinux_func(where), key)
         f = self.vmlinux_func
         init = Task(1, "systemd", TaskKind.USER)
         init.stack = [f("do_syscall_64"), f("__x64_sys_epoll_wait"), f("do_epoll_wait"), f("ep_poll"),

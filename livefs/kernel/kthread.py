@@ -179,10 +179,11 @@ class Kthreads:
                                f"({task.comm}:{task.pid} cannot sleep in the model)")
         return kt
 
-    def sleep(self, task: Task, ms: int | None, kind: str) -> int:
+    def sleep(self, task: Task, ms: int | None, kind: str, freezable: bool = False) -> int:
         """Sleep in the function the task is in.  ``msleep``: uninterruptibly
         for ``ms`` (a wake-up only shortens it under kthread_stop()); ``schedule``:
-        until wake_up_process() or ``ms`` (None: no timeout).  Returns the
+        until wake_up_process() or ``ms`` (None: no timeout), with TASK_FREEZABLE
+        if ``freezable`` (where v6.16+ switches a pending task).  Returns the
         milliseconds left (0 once the time is up)."""
         kt = self._own(task, kind)
         k = self.k
@@ -194,6 +195,7 @@ class Kthreads:
         interruptible, task.interruptible = task.interruptible, kind != "msleep"
         kt.sleeping, kt.woken = kind, False
         try:
+            k.sched.schedule(task, freezable)
             while True:
                 if deadline is not None:
                     kt.timer = k.wq.schedule(max(0, deadline - k.clock.now_ns), kind, lambda: self._timer(kt))

@@ -269,9 +269,19 @@ class Scheduler:
 
     # -- cond_resched ---------------------------------------------------------------
     def cond_resched(self, task: Task) -> None:
-        """__klp_sched_try_switch(): a pending task checks its own stack."""
+        """cond_resched() of v6.4-v6.15: __klp_sched_try_switch(), a pending
+        task checks its own stack (before v6.4 and from v6.16 it does not)."""
+        self._sched_try_switch(task, "cond_resched")
+
+    def schedule(self, task: Task, freezable: bool) -> None:
+        """The running task goes to sleep through __schedule(): from v6.16 a
+        TASK_FREEZABLE sleep tries a switch there (klp_sched_try_switch(prev))."""
+        if freezable:
+            self._sched_try_switch(task, "__schedule")
+
+    def _sched_try_switch(self, task: Task, where: str) -> None:
         klp = self.k.livepatch
-        if not klp.cond_resched_enabled or not task.patch_pending or klp.model is not ConsistencyModel.HYBRID:
+        if not klp.sched_switch_enabled(where) or not task.patch_pending or klp.model is not ConsistencyModel.HYBRID:
             return
         outer = self.k.current
         self.k.current = task

@@ -41,6 +41,18 @@ class KernelVersion:
         return self.at_least(6, 14)
 
     @property
+    def klp_sched_switch(self) -> str | None:
+        """Where a pending task switches itself at a scheduling point while a
+        transition runs (klp_sched_try_switch(), behind klp_sched_try_switch_key):
+        nowhere before v6.4; in cond_resched() from v6.4 ("livepatch,sched: Add
+        livepatch task switching to cond_resched()") to v6.15; from v6.16
+        ("sched,livepatch: Untangle cond_resched() and live-patching") only in
+        __schedule(), for a task going to sleep with TASK_FREEZABLE set."""
+        if not self.at_least(6, 4):
+            return None
+        return "cond_resched" if not self.at_least(6, 16) else "__schedule"
+
+    @property
     def release(self) -> str:
         """What ``uname -r`` would print on such a kernel."""
         return "6.18.0-livefs" if self is MAINLINE else f"{self.major}.{self.minor}.0-livefs"

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The livepatch cond_resched static key over a transition, seen in the mock's
-# debug view, and a CPU-bound kthread that switches through it.
-# livefs run: --cpus 2
+# debug view, and a CPU-bound kthread that switches through it (6.12: cond_resched()
+# switches tasks in v6.4-v6.15 only).
+# livefs run: --cpus 2 --kernel-version 6.12
 . "$(dirname "$0")/lib.sh"
 
 LP=test_klp_livepatch

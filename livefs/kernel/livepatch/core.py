@@ -87,10 +87,12 @@ class Livepatch:
             self.k.printk_task(KERN_DEBUG, f"livepatch: {msg}")
 
     def set_cond_resched(self, on: bool) -> None:
-        """klp_cond_resched_enable()/disable(): the static key that lets tasks
-        calling cond_resched() try to switch themselves."""
+        """klp_cond_resched_enable()/disable() (klp_resched_enable() from v6.16):
+        the static key that lets tasks at a scheduling point try to switch
+        themselves; before v6.4 there is none."""
         key = self.k.jump_labels.key("klp_sched_try_switch_key")
-        assert key is not None
+        if key is None:
+            return
         if on:
             self.k.jump_labels.enable(key)
             self.k.sched.cond_resched_armed()
@@ -99,7 +101,14 @@ class Livepatch:
 
     @property
     def cond_resched_enabled(self) -> bool:
-        return self.k.jump_labels.site_value(self.k.vmlinux_func("cond_resched"), "klp_sched_try_switch_key")
+        return self.sched_switch_enabled("cond_resched")
+
+    def sched_switch_enabled(self, where: str) -> bool:
+        """Whether klp_sched_try_switch() in ``where`` (cond_resched or
+        __schedule, by version) would try a switch right now."""
+        if self.k.version.klp_sched_switch != where:
+            return False
+        return self.k.jump_labels.site_value(self.k.vmlinux_func(where), "klp_sched_try_switch_key")
 
     # -- transition work -----------------------------------------------------
     def schedule_transition_work(self, delay_ns: int) -> None:
