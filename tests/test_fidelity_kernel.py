@@ -234,3 +234,41 @@ def test_freezable_sleep_switches_in_schedule_from_6_16(version, freezable, at_o
     assert task.patch_pending != at_once
     k.advance(2 * NSEC_PER_SEC)
     assert not task.patch_pending and k.livepatch.transition_patch is None
+
+
+# -- 3. klp_get_prev_state() outside a transition --------------------------------------------------
+
+def _asks_prev_state(ctx: ModuleContext) -> int:
+    ctx.data["prev"] = [ctx.klp_get_prev_state(1), ctx.klp_get_prev_state(1)]
+    return 0
+
+
+def test_klp_get_prev_state_outside_a_transition_warns_once(machine):
+    k = machine.k
+    from livefs.kernel.panic import TAINT_WARN, taint_string
+    assert not k.modules.tainted & (1 << TAINT_WARN)
+    asker = ModuleDef(name="prev_asker", description="calls klp_get_prev_state() from init",
+                      init=_asks_prev_state, exit=lambda ctx: None)
+    assert _load(machine, asker) == 0
+    assert k.modules.get("prev_asker").ctx.data["prev"] == [None, None]
+    log = machine.log()
+    assert log.count("------------[ cut here ]------------") == 1  # WARN_ON_ONCE: the first call only
+    i = log.index("------------[ cut here ]------------")
+    assert log[i + 1].startswith("WARNING: CPU: 0 PID: ")  # WARN_ON(): no message line
+    assert log[i + 1].endswith(" at kernel/livepatch/state.c:69 klp_get_prev_state+0x0/0x40")
+    assert log[-1] == "---[ end trace 0000000000000000 ]---"
+    assert k.modules.tainted & (1 << TAINT_WARN) and taint_string(k)[9] == "W"
+    # once per boot: a second module asking again says nothing
+    machine.set_mark()
+    assert _load(machine, ModuleDef(name="prev_asker2", description="again", init=_asks_prev_state,
+                                    exit=lambda ctx: None)) == 0
+    assert "------------[ cut here ]------------" not in machine.log()
+
+
+def test_klp_get_prev_state_in_a_transition_does_not_warn(machine):
+    k = machine.k
+    assert machine.insmod("test_klp_state") == 0
+    assert machine.insmod("test_klp_state2") == 0  # its callbacks ask for the previous state
+    k.settle()
+    assert "------------[ cut here ]------------" not in machine.log()
+    assert not k.warned_once

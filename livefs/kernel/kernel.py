@@ -185,6 +185,7 @@ class Kernel:
         self.proc_entries: dict[str, tuple[Module | None, int, KFunc]] = {}
         self.current: Task | None = None
         self.reboot_requested = False  # mock-only: the runtime boots a fresh machine
+        self.warned_once: set[str] = set()  # the WARN_ON_ONCE() sites that fired this boot
         self.kernel_dirs: dict[str, tuple[Module | None, dict[str, Any]]] = {}
         self._boot()
 

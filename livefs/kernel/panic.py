@@ -63,12 +63,14 @@ def print_dump_stack(k: "Kernel") -> None:
         k.printk_task(KERN_WARNING, line)
 
 
-def warn(k: "Kernel", message: str, where: str) -> None:
-    """WARN(1, message) at ``where`` (file:line), then TAINT_WARN."""
+def warn(k: "Kernel", message: str | None, where: str) -> None:
+    """WARN(1, message) at ``where`` (file:line), then TAINT_WARN; WARN_ON()
+    (``message`` None) prints no message line."""
     task = k.current
     pid = task.pid if task else 0
     k.printk_task(KERN_WARNING, "------------[ cut here ]------------")
-    k.printk_task(KERN_WARNING, message)
+    if message is not None:
+        k.printk_task(KERN_WARNING, message)
     k.printk_task(KERN_WARNING, f"WARNING: CPU: 0 PID: {pid} at {where}")
     mods = " ".join(f"{m.name}({m.taint_letters})" if m.taint_letters else m.name
                     for m in reversed(list(k.modules.modules.values())))
@@ -76,3 +78,12 @@ def warn(k: "Kernel", message: str, where: str) -> None:
     print_dump_stack(k)
     k.printk_task(KERN_WARNING, "---[ end trace 0000000000000000 ]---")
     k.modules.tainted |= 1 << TAINT_WARN
+
+
+def warn_on_once(k: "Kernel", where: str) -> None:
+    """WARN_ON_ONCE(1) at ``where``: the first time this boot only (its
+    __warned flag lives in .data..once, which a reboot resets)."""
+    if where in k.warned_once:
+        return
+    k.warned_once.add(where)
+    warn(k, None, where)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..moddef import Patch, State
+from ..panic import warn_on_once
 from ..printk import KERN_DEBUG, KERN_ERR, KERN_NOTICE, KERN_WARNING, DebugSite
 from ..symbols import KFunc
 from ..tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED
@@ -151,7 +152,10 @@ class Livepatch:
 
     # -- states (state.c) ------------------------------------------------------
     def get_prev_state(self, state_id: int) -> State | None:
+        """klp_get_prev_state(): only during a transition; outside one it is
+        WARN_ON_ONCE(!klp_transition_patch) (state.c:69) and NULL."""
         if self.transition_patch is None:
+            warn_on_once(self.k, "kernel/livepatch/state.c:69 klp_get_prev_state+0x0/0x40")
             return None
         last = None
         for patch in self.patches:
