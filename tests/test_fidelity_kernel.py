@@ -272,3 +272,48 @@ def test_klp_get_prev_state_in_a_transition_does_not_warn(machine):
     k.settle()
     assert "------------[ cut here ]------------" not in machine.log()
     assert not k.warned_once
+
+
+# -- 4. dump_stack() of a positive init return ------------------------------------------------------
+
+def _recorded_dump(name: str) -> list[str]:
+    """The dump_stack() after "loading module anyway..." in a 6.12 recording,
+    without the unwinder's ``? func`` guesses (stale addresses on that stack)."""
+    from pathlib import Path
+    lines = (Path(__file__).parent / "transcripts" / "6.12" / name).read_text().splitlines()
+    start = lines.index("  dmesg| do_init_module: loading module anyway...") + 1
+    end = lines.index("  dmesg|  </TASK>", start) + 1
+    return [ln[len("  dmesg| "):] for ln in lines[start:end] if not ln.startswith("  dmesg|  ? ")]
+
+
+@pytest.mark.parametrize("recording", ["params.txt", "callbacks.txt"])
+def test_positive_init_return_dumps_the_finit_module_path_as_6_12_does(recording):
+    m = _versioned("6.12")
+    assert m.insmod("lp_callbacks", "pre_patch_ret=16") == 0
+    log = m.log()
+    at = log.index("do_init_module: loading module anyway...") + 1
+    ours = log[at:log.index(" </TASK>", at) + 1]
+    real = _recorded_dump(recording)
+    # the first line: this CPU, pid and build; the hardware line: that VM's BIOS
+    assert ours[0].startswith("CPU: 0 UID: 0 PID: ") and " Comm: insmod Tainted: G           OE K    6.12.0-livefs #1  " \
+        in ours[0]
+    assert real[0].split(" Comm: ")[1].split(" 6.12.")[0] == ours[0].split(" Comm: ")[1].split(" 6.12.")[0]
+    assert ours[2].startswith("Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS ")
+    regs = ours.index("RIP: 0033:0x7f5a65e88829")
+    assert ours[1:2] + ours[3:regs] == real[1:2] + real[3:regs]  # the frames, with 6.12's offsets
+    # the user-space registers at the syscall (ASLR'd addresses differ per run; which lines do not)
+    assert [ln.split(":")[0] for ln in ours[regs:]] == [ln.split(":")[0] for ln in real[regs:]]
+    assert "ORIG_RAX: 0000000000000139" in ours[regs + 2] and "ORIG_RAX: 0000000000000139" in real[regs + 2]
+    assert [ln.split("+")[0].strip() for ln in ours[6:12]] == [
+        "do_init_module", "init_module_from_file", "idempotent_init_module", "__x64_sys_finit_module",
+        "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]
+
+
+def test_positive_init_return_before_6_4_goes_through_load_module():
+    m = _versioned("6.1")
+    assert m.insmod("lp_callbacks", "pre_patch_ret=16") == 0
+    log = m.log()
+    at = log.index(" dump_stack_lvl+0x64/0x80") + 1
+    assert [ln.split("+")[0].strip() for ln in log[at:at + 5]] == [
+        "do_init_module", "load_module", "__do_sys_finit_module", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]
+    assert log[at + 5] == "RIP: 0033:0x7f5a65e88829"

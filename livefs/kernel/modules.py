@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .moddef import ModuleDef, Patch, validate, validate_patch
-from .panic import print_dump_stack
+from .panic import FINIT_MODULE_USER_REGS, init_module_path, print_dump_stack
 from .params import ParamValue, split_args
 from .printk import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
 from .symbols import KFunc
@@ -244,7 +244,7 @@ class ModuleLoader:
             self.k.printk_task(KERN_WARNING, f"do_init_module: '{name}'->init suspiciously returned {ret}, "
                                              "it should follow 0/-E convention")
             self.k.printk_task(KERN_WARNING, "do_init_module: loading module anyway...")
-            print_dump_stack(self.k)
+            print_dump_stack(self.k, init_module_path(self.k), FINIT_MODULE_USER_REGS)
         mod.state = ModuleState.LIVE
         return 0
 

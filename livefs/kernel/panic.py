@@ -42,24 +42,66 @@ def add_taint_mask(k: "Kernel", mask: int) -> None:
     k.modules.tainted |= mask & ((1 << _flag_count(k)) - 1)
 
 
-def dump_stack(k: "Kernel") -> list[str]:
+# Debian's kernels end dump_stack_print_info()'s first line with their package
+# version after the release and ``#N`` (``6.12.95+deb12-amd64 #1  Debian
+# 6.12.95-1~bpo12+1``); the model's package is livefs
+PACKAGE_ID = " livefs"
+
+
+def init_module_path(k: "Kernel") -> list[str]:
+    """The frames above dump_stack_lvl() when do_init_module() complains about
+    a positive init return, called through finit_module(2) as kmod's insmod
+    calls it (offsets of Debian's 6.12 build, as a recording shows them).
+    From v6.4 finit_module() goes through idempotent_init_module() and
+    init_module_from_file(); before, __do_sys_finit_module() called
+    load_module(), which called do_init_module()."""
+    if k.version.at_least(6, 4):
+        return ["do_init_module+0x8e/0x270", "init_module_from_file+0x89/0xe0",
+                "idempotent_init_module+0x11d/0x310", "__x64_sys_finit_module+0x5e/0xb0",
+                "do_syscall_64+0x87/0x1b0", "entry_SYSCALL_64_after_hwframe+0x76/0x7e"]
+    return ["do_init_module+0x0/0x40", "load_module+0x0/0x40", "__do_sys_finit_module+0x0/0x40",
+            "do_syscall_64+0x0/0x40", "entry_SYSCALL_64_after_hwframe+0x0/0x40"]
+
+
+# show_regs() of the user-space side of an insmod's finit_module(2) (syscall
+# 313, ORIG_RAX 0x139), printed after the frames of a stack that entered from
+# user space; the values are those of the 6.12 recording
+FINIT_MODULE_USER_REGS = [
+    "RIP: 0033:0x7f5a65e88829",
+    "Code: 08 89 e8 5b 5d c3 66 2e 0f 1f 84 00 00 00 00 00 90 48 89 f8 48 89 f7 48 89 d6 48 89 ca 4d 89 c2 4d 89"
+    " c8 4c 8b 4c 24 08 0f 05 <48> 3d 01 f0 ff ff 73 01 c3 48 8b 0d a7 15 0d 00 f7 d8 64 89 01 48",
+    "RSP: 002b:00007ffda0393438 EFLAGS: 00000246 ORIG_RAX: 0000000000000139",
+    "RAX: ffffffffffffffda RBX: 000055f7c63207f0 RCX: 00007f5a65e88829",
+    "RDX: 0000000000000000 RSI: 000055f7c631f2a0 RDI: 0000000000000003",
+    "RBP: 000055f7c631f2a0 R08: 0000000000000000 R09: 0000000000000000",
+    "R10: 0000000000000003 R11: 0000000000000246 R12: 0000000000000000",
+    "R13: 0000000000000000 R14: 000055f7c63207b0 R15: 000055f7c631f2a0",
+]
+
+
+def dump_stack(k: "Kernel", frames: list[str] | None = None, user_regs: list[str] | None = None) -> list[str]:
+    """dump_stack(): who and where (dump_stack_print_info()), then the call
+    trace: ``frames`` (innermost first) when given, else the model stack of
+    the current task; ``user_regs`` close a stack that came from user space."""
     task = k.current
     comm, pid = (task.comm, task.pid) if task else ("swapper/0", 0)
     mask = k.modules.tainted
-    lines = [f"CPU: 0 UID: 0 PID: {pid} Comm: {comm} Tainted: {taint_string(k)} {k.version.release} #1"]
+    lines = [f"CPU: 0 UID: 0 PID: {pid} Comm: {comm} Tainted: {taint_string(k)} {k.version.release} #1 {PACKAGE_ID}"]
     if mask:
         names = [f"[{on}]={name}" for bit, (on, _, name) in enumerate(TAINT_FLAGS) if mask & (1 << bit)]
         lines.append("Tainted: " + ", ".join(names))
-    lines += [f"Hardware name: {HARDWARE}", "Call Trace:", " <TASK>", " dump_stack_lvl+0x5d/0x80"]
-    for frame in reversed(task.stack if task else []):
-        where = "" if frame.obj == "vmlinux" else f" [{frame.obj}]"
-        lines.append(f" {frame.name}+0x0/0x{frame.size:x}{where}")
+    lines += [f"Hardware name: {HARDWARE}", "Call Trace:", " <TASK>", " dump_stack_lvl+0x64/0x80"]
+    if frames is None:
+        frames = [f"{f.name}+0x0/0x{f.size:x}" + ("" if f.obj == "vmlinux" else f" [{f.obj}]")
+                  for f in reversed(task.stack if task else [])]
+    lines += [f" {frame}" for frame in frames]
+    lines += user_regs or []
     lines.append(" </TASK>")
     return lines
 
 
-def print_dump_stack(k: "Kernel") -> None:
-    for line in dump_stack(k):
+def print_dump_stack(k: "Kernel", frames: list[str] | None = None, user_regs: list[str] | None = None) -> None:
+    for line in dump_stack(k, frames, user_regs):
         k.printk_task(KERN_WARNING, line)
 
 
