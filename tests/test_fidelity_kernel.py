@@ -317,3 +317,15 @@ def test_positive_init_return_before_6_4_goes_through_load_module():
     assert [ln.split("+")[0].strip() for ln in log[at:at + 5]] == [
         "do_init_module", "load_module", "__do_sys_finit_module", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]
     assert log[at + 5] == "RIP: 0033:0x7f5a65e88829"
+
+
+def test_shutdown_ends_parked_kthreads(machine):
+    import threading
+    k = machine.k
+    assert _load(machine, KT_MOD) == 0
+    k.advance(25 * NSEC_PER_MSEC)
+    kt = k.sched.kthreads.of(k.modules.get("kt_mod").ctx.data["task"])
+    assert kt.thread.is_alive()
+    k.sched.kthreads.shutdown()  # a machine thrown away: its kthreads' Python threads end
+    kt.thread.join(5)
+    assert not kt.thread.is_alive() and not k.sched.kthreads.threads

@@ -133,6 +133,8 @@ class Kthreads:
         kt = self.threads.get(task)
         if kt is None:
             return -errno.EINVAL
+        if kt.thread is threading.current_thread():  # it would wait for itself forever
+            raise RuntimeError(f"kthread_stop() of {task.comm}:{task.pid} from itself")
         kt.should_stop = True
         if not kt.started:  # kthread() sees KTHREAD_SHOULD_STOP before calling threadfn
             self._cancel_timer(kt)
