@@ -446,3 +446,8 @@ def test_retry_delay_follows_jiffies():
     # 40 ms past a whole second rounds down (under a second to wait), 600 ms past rounds up
     assert _delay_at(jiffy_ns(whole) + 40_000_000)[0] < NSEC_PER_SEC
     assert _delay_at(jiffy_ns(whole) + 600_000_000)[0] > NSEC_PER_SEC
+    # the quarter second, to the jiffy: 61 jiffies past rounds down, 62 (HZ/4 in integers) up
+    for past, down in ((50, True), (61, True), (62, False), (63, False)):
+        delay, j0 = _delay_at(jiffy_ns(whole + past))
+        assert (delay < NSEC_PER_SEC) == down, past
+        assert j0 + delay * HZ // NSEC_PER_SEC == kernel_retry_jiffy(j0)

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from .core import Livepatch
 
 SIGNALS_TIMEOUT = 15
-# the timer wheel (kernel/time/timer.c): 64 buckets a level, each level 8 times coarser
-LVL_SIZE, LVL_CLK_SHIFT, LVL_DEPTH = 64, 3, 9
+# the timer wheel (kernel/time/timer.c): 64 buckets a level, each level 8 times coarser;
+# level 1 holds timers 63 to 503 jiffies out
+LVL_CLK_SHIFT, LVL_START_1, LVL_START_2 = 3, 63, 504
 
 # pr_debug sites of transition.c: key -> (function, line, format)
 DEBUG_SITES = {
@@ -54,29 +55,24 @@ def _dir(state: int) -> str:
     return "patching" if state == KLP_PATCHED else "unpatching"
 
 
-def klp_retry_delay_ns(k: "Kernel", cpu: int = 0) -> int:
+def klp_retry_delay_ns(k: "Kernel") -> int:
     """How long until ``schedule_delayed_work(&klp_transition_work,
     round_jiffies_relative(HZ))`` runs the work again.
 
-    round_jiffies_common(): a second of jiffies ahead, skewed 3 jiffies per
-    CPU, rounded to a whole second of jiffies -- down when less than a quarter
-    second past one, else up (never into the past).  The timer wheel then
-    files the timer in the level its distance calls for, whose bucket fires at
-    the level's granularity strictly after the expiry (calc_index()): 8
-    jiffies (32 ms at HZ=250) for this distance."""
+    round_jiffies_common(): a second of jiffies ahead, rounded to a whole
+    second of jiffies -- down when less than a quarter second past one, else
+    up.  (The model queues the work on CPU 0, where the per-CPU skew of 3
+    jiffies a CPU is nil; a second ahead never rounds into the past.)  That
+    expiry, 188 to 437 jiffies out, lands in level 1 of the timer wheel, whose
+    8-jiffy buckets fire strictly after it (calc_index())."""
     hz = k.HZ
     j0 = k.jiffies()
-    original = j0 + hz
-    j = original + cpu * 3
+    j = j0 + hz
     rem = j % hz
-    j = (j - rem if rem < hz // 4 else j - rem + hz) - cpu * 3
-    expires = j if j > j0 else original
-    lvl = 0
-    while lvl < LVL_DEPTH - 1 and expires - j0 >= (LVL_SIZE - 1) << (lvl * LVL_CLK_SHIFT):  # LVL_START(lvl + 1)
-        lvl += 1
-    shift = lvl * LVL_CLK_SHIFT
-    fires = ((expires >> shift) + 1) << shift
-    return max(0, (fires - k.INITIAL_JIFFIES) * NSEC_PER_SEC // hz - k.clock.now_ns)
+    expires = j - rem if rem < hz // 4 else j - rem + hz
+    assert LVL_START_1 <= expires - j0 < LVL_START_2
+    fires = ((expires >> LVL_CLK_SHIFT) + 1) << LVL_CLK_SHIFT
+    return (fires - k.INITIAL_JIFFIES) * NSEC_PER_SEC // hz - k.clock.now_ns
 
 
 def klp_init_transition(klp: "Livepatch", patch: KlpPatch, state: int) -> None:
