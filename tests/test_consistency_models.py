@@ -22,7 +22,7 @@ SAFE = settings(suppress_health_check=[HealthCheck.too_slow])
 
 def test_immediate_drifts_and_search_finds_it():
     failing = find(workloads(), lambda w: run_workload(ConsistencyModel.IMMEDIATE, w).A != 0,
-                   settings=settings(derandomize=True, database=None, max_examples=2000,
+                   settings=settings(derandomize=True, database=None, max_examples=400,
                                      suppress_health_check=list(HealthCheck)))
     drift = run_workload(ConsistencyModel.IMMEDIATE, failing).A
     print(f"\nimmediate: {failing!r} leaves A = {drift}")

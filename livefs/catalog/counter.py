@@ -43,9 +43,9 @@ def _hold(step: int) -> Callable[[CallContext], None]:
         k, task = call.kernel, call.task
         until = k.clock.now_ns + ctx.param("hold_ms") * NSEC_PER_MSEC
         ctx.data["holding"].add(task)
-        # msleep() in a loop inside this function until the hold is over: a
+        # msleep(10) in a loop inside this function until the hold is over: a
         # stack check of this worker finds counter_hold on its stack
-        k.sched.block_in_call(task, period_ns=NSEC_PER_MSEC, until=lambda: k.clock.now_ns >= until,
+        k.sched.block_in_call(task, period_ns=10 * NSEC_PER_MSEC, until=lambda: k.clock.now_ns >= until,
                               then=lambda: _release(ctx, call))
 
     return counter_hold
