@@ -42,7 +42,7 @@ class ModuleState(enum.Enum):
         }[self]
 
 
-TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, TAINT_LIVEPATCH = 12, 13, 15
+TAINT_FORCED_RMMOD, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, TAINT_LIVEPATCH = 3, 12, 13, 15
 TAINT_LETTERS = {TAINT_OOT_MODULE: "O", TAINT_UNSIGNED_MODULE: "E", TAINT_LIVEPATCH: "K"}
 
 
@@ -314,12 +314,24 @@ class ModuleLoader:
         self.modules.pop(mod.name, None)
         self.k.module_freed(mod)
 
-    def delete(self, name: str) -> int:
-        """delete_module(name, O_NONBLOCK)."""
+    def delete(self, name: str, force: bool = False) -> int:
+        """delete_module(name, O_NONBLOCK | (O_TRUNC if force)), as
+        kernel/module/main.c has it: an unformed module is not found, one
+        that is not LIVE (COMING, GOING) is EBUSY, one with an init but no
+        exit cannot be removed (EBUSY) unless forced, one in use is
+        EWOULDBLOCK unless forced.  Forcing is CONFIG_MODULE_FORCE_UNLOAD
+        (=y on Debian and Fedora x86_64) and taints the kernel 'R'."""
         mod = self.modules.get(name)
-        if mod is None or mod.state is not ModuleState.LIVE:
+        if mod is None or mod.state is ModuleState.UNFORMED:
             return -errno.ENOENT
-        if mod.refcnt > 0:
+        if mod.state is not ModuleState.LIVE:
+            return -errno.EBUSY
+        forced = False
+        if mod.defn.init is not None and mod.defn.exit is None:
+            forced = self._try_force_unload(force)
+            if not forced:
+                return -errno.EBUSY
+        if mod.refcnt > 0 and not (forced or self._try_force_unload(force)):
             return -errno.EWOULDBLOCK
         mod.state = ModuleState.GOING
         if mod.defn.exit is not None:
@@ -332,6 +344,11 @@ class ModuleLoader:
         self.k.livepatch.module_going(mod)
         self._free(mod)
         return 0
+
+    def _try_force_unload(self, force: bool) -> bool:
+        if force:
+            self.tainted |= 1 << TAINT_FORCED_RMMOD
+        return force
 
     def param_store(self, mod: Module, pname: str, data: bytes) -> int:
         pv = mod.params[pname]
