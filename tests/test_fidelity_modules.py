@@ -13,6 +13,7 @@ from livefs.kernel.kernel import Kernel
 from livefs.kernel.moddef import Func, Function, ModuleDef, Object, Param, Patch
 from livefs.kernel.modules import ModuleState
 from livefs.kernel.printk import KERN_DEBUG
+from livefs.kernel.version import KernelVersion
 
 
 @pytest.fixture
@@ -98,3 +99,60 @@ def test_a_going_module_is_ebusy(k):
 
 def test_an_unknown_module_is_enoent(k):
     assert k.delete_module("lf_nothing") == -errno.ENOENT
+
+
+# -- 2. duplicate objects and functions in one patch ------------------------------------------------
+
+
+def _lp(name: str, objs: list[Object], replace: bool = False) -> ModuleDef:
+    return ModuleDef(name=name, description="livepatch", livepatch=True, patch=Patch(objs=objs, replace=replace))
+
+
+def test_a_duplicate_function_fails_with_eexist_and_the_sysfs_messages(k):
+    ret, log = _load(k, _lp("lf_dupfunc", [Object(None, [Func("cmdline_proc_show", _tag("a")),
+                                                         Func("cmdline_proc_show", _tag("b"), old_sympos=1)])]))
+    assert ret == -errno.EEXIST
+    texts = [t for _, t in log]
+    i = texts.index("sysfs: cannot create duplicate filename '/kernel/livepatch/lf_dupfunc/vmlinux/cmdline_proc_show,1'")
+    assert log[i][0] == 4  # pr_warn
+    assert texts[i + 1].startswith("CPU: 0 UID: 0 PID: ")  # dump_stack()
+    assert " sysfs_warn_dup+0x0/0x40" in texts and " init_module+0x0/0x40 [lf_dupfunc]" in texts
+    err = ("kobject: kobject_add_internal failed for cmdline_proc_show,1 with -EEXIST, don't try to register "
+           "things with the same name in the same directory.")
+    assert (3, err) in log and texts.index(err) > i
+    assert not any(t.startswith("livepatch: enabling patch") for t in texts)  # klp_init_patch failed first
+    assert k.modules.get("lf_dupfunc") is None and not k.livepatch.sysfs_patches
+    assert k.call(k.current or k.task_for(k.tasks.new_pid(), "cat"), "vmlinux", "cmdline_proc_show") != "a"
+
+
+def test_a_duplicate_object_fails_with_eexist(k):
+    ret, log = _load(k, _lp("lf_dupobj", [Object(None, [Func("cmdline_proc_show", _tag("a"))]),
+                                          Object(None, [Func("meminfo_proc_show", _tag("b"))])]))
+    assert ret == -errno.EEXIST
+    texts = [t for _, t in log]
+    assert "sysfs: cannot create duplicate filename '/kernel/livepatch/lf_dupobj/vmlinux'" in texts
+    assert any(t.startswith("kobject: kobject_add_internal failed for vmlinux with -EEXIST") for t in texts)
+
+
+def test_kobject_messages_have_no_prefix_before_6_4():
+    k = Kernel(version=KernelVersion.parse("6.1"), ncpus=1)
+    ret, log = _load(k, _lp("lf_dupfunc", [Object(None, [Func("cmdline_proc_show", _tag("a")),
+                                                         Func("cmdline_proc_show", _tag("b"))])]))
+    assert ret == -errno.EEXIST
+    assert any(t.startswith("kobject_add_internal failed for cmdline_proc_show,1 with -EEXIST") for _, t in log)
+
+
+@pytest.mark.parametrize("version, ok", [("6.12", True), ("6.1", True), ("mainline", True),
+                                         ("6.19", True), ("6.5", False), ("6.14", False)])
+def test_replace_with_sympos_0_over_sympos_1(version, ok):
+    """klp_find_func() matches old_sympos 0 and 1 only with "livepatch: Match old_sympos 0 and 1 in
+    klp_find_func()" (6.19, and the stable trees it went to): before, the replace patch gets a nop
+    for cmdline_proc_show,1 beside its own cmdline_proc_show,0 -- the same directory name."""
+    k = Kernel(version=KernelVersion.parse(version), ncpus=1)
+    assert _load(k, _lp("lf_one", [Object(None, [Func("cmdline_proc_show", _tag("one"), old_sympos=1)])]))[0] == 0
+    k.advance(10 * 10**9)
+    assert not k.livepatch.in_transition()
+    ret, log = _load(k, _lp("lf_two", [Object(None, [Func("cmdline_proc_show", _tag("two"))])], replace=True))
+    assert ret == (0 if ok else -errno.EEXIST)
+    dup = "sysfs: cannot create duplicate filename '/kernel/livepatch/lf_two/vmlinux/cmdline_proc_show,1'"
+    assert (dup in [t for _, t in log]) is not ok

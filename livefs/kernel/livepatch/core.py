@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..moddef import Patch, State
-from ..panic import warn_on_once
+from ..panic import FINIT_MODULE_USER_REGS, init_module_path, print_dump_stack, warn_on_once
 from ..printk import KERN_DEBUG, KERN_ERR, KERN_NOTICE, KERN_WARNING, DebugSite
 from ..symbols import KFunc
 from ..tasks import KLP_PATCHED, KLP_UNDEFINED, KLP_UNPATCHED
@@ -202,9 +202,41 @@ class Livepatch:
                     obj = KlpObject(old_obj.name, patch, dynamic=True)
                     patch.objs.append(obj)
                 for old_func in old_obj.funcs:
-                    if any(f.same_target(old_func) for f in obj.funcs):
+                    if any(self._same_target(f, old_func) for f in obj.funcs):
                         continue
                     obj.funcs.append(KlpFunc(old_func.old_name, old_func.old_sympos, obj, nop=True))
+
+    def _same_target(self, func: KlpFunc, old: KlpFunc) -> bool:
+        """klp_find_func(): old_sympos 0 and 1 match only from "livepatch: Match
+        old_sympos 0 and 1 in klp_find_func()" (v6.19, backported to the
+        5.10, 5.15, 6.1, 6.6, 6.12 and 6.18 stable trees, whose latest
+        releases the model stands for).  Before it, a replace patch naming
+        ``f,0`` over ``f,1`` gets a nop whose directory is a duplicate."""
+        v = self.k.version
+        if v.at_least(6, 19) or (v.major, v.minor) in {(5, 10), (5, 15), (6, 1), (6, 6), (6, 12), (6, 18)}:
+            return func.same_target(old)
+        return func.old_name == old.old_name and func.old_sympos == old.old_sympos
+
+    def _kobject_add(self, patch: KlpPatch, path: str, name: str, siblings: list[str]) -> int:
+        """kobject_add() of a directory ``name`` under ``path``: a name already
+        there is sysfs_warn_dup() (pr_fmt "sysfs: ", dump_stack()) and then
+        kobject_add_internal()'s error (pr_fmt "kobject: " from v6.4,
+        "kobject: define common logging prefix"), -EEXIST."""
+        if name not in siblings:
+            siblings.append(name)
+            return 0
+        self.k.printk_task(KERN_WARNING, f"sysfs: cannot create duplicate filename '{path}/{name}'")
+        frames = [f"{f}+0x0/0x40" for f in ("sysfs_warn_dup", "sysfs_create_dir_ns", "kobject_add_internal",
+                                             "kobject_add", "klp_enable_patch")]
+        mod = patch.mod.name if patch.mod.state.value == "coming" else None  # from the module's init
+        if mod is not None:
+            frames += [f"init_module+0x0/0x40 [{mod}]", "do_one_initcall+0x0/0x40", "do_init_module+0x0/0x40"]
+            frames += init_module_path(self.k)[1:]
+        print_dump_stack(self.k, frames, FINIT_MODULE_USER_REGS if mod is not None else None)
+        prefix = "kobject: " if self.k.version.at_least(6, 4) else ""
+        self.k.printk_task(KERN_ERR, f"{prefix}kobject_add_internal failed for {name} with -EEXIST, don't try to "
+                                     "register things with the same name in the same directory.")
+        return -errno.EEXIST
 
     def _init_object_loaded(self, obj: KlpObject) -> int:
         objname = obj.name or "vmlinux"
@@ -232,9 +264,17 @@ class Livepatch:
         self.sysfs_patches.append(patch)
         if patch.replace:
             self._add_nops(patch)
+        objs: list[str] = []
         for obj in patch.objs:
             if obj.is_module:
                 obj.mod = self._find_loaded_module(obj.name or "")
+            path = f"/kernel/livepatch/{patch.name}"
+            ret = self._kobject_add(patch, path, obj.sysfs_name, objs)
+            funcs: list[str] = []
+            for func in obj.funcs:
+                ret = ret or self._kobject_add(patch, f"{path}/{obj.sysfs_name}", func.sysfs_name, funcs)
+            if ret:
+                return ret
             if obj.loaded:
                 ret = self._init_object_loaded(obj)
                 if ret:
