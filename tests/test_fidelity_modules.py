@@ -156,3 +156,43 @@ def test_replace_with_sympos_0_over_sympos_1(version, ok):
     assert ret == (0 if ok else -errno.EEXIST)
     dup = "sysfs: cannot create duplicate filename '/kernel/livepatch/lf_two/vmlinux/cmdline_proc_show,1'"
     assert (dup in [t for _, t in log]) is not ok
+
+
+# -- 3. load_module()'s order -------------------------------------------------------------------------
+
+
+def _target(**kw) -> ModuleDef:
+    return ModuleDef(name="lf_target", description="target", params=[Param("p", "int", 0, 0o644, "a number")],
+                     functions=[Function("lf_fn", _tag("orig"))], init=lambda ctx: 0, exit=lambda ctx: None, **kw)
+
+
+def test_a_parameter_error_comes_after_the_patch_is_applied_and_before_it_is_reverted(k):
+    assert _load(k, _lp("lf_lp", [Object("lf_target", [Func("lf_fn", _tag("new"))])]))[0] == 0
+    k.advance(10 * 10**9)
+    ret, log = _load(k, _target(), "p=abc")
+    assert ret == -errno.EINVAL
+    assert [t for _, t in log] == [
+        "livepatch: applying patch 'lf_lp' to loading module 'lf_target'",
+        "lf_target: `abc' invalid for parameter `p'",
+        "livepatch: reverting patch 'lf_lp' on unloading module 'lf_target'",
+    ]
+    assert k.modules.get("lf_target") is None and not k.symbols.find("lf_target", "lf_fn")
+    assert _load(k, _target(), "p=3")[0] == 0  # and it loads cleanly afterwards, patched
+    assert k.modules.get("lf_target").params["p"].value == 3
+
+
+def test_an_unknown_symbol_fails_before_any_livepatch_hook(k):
+    assert _load(k, _lp("lf_lp", [Object("lf_target", [Func("lf_fn", _tag("new"))])]))[0] == 0
+    k.advance(10 * 10**9)
+    ret, log = _load(k, _target(imports=["lf_missing", "printk", "lf_gone"]), "p=abc")
+    assert ret == -errno.ENOENT
+    assert [t for _, t in log] == ["lf_target: Unknown symbol lf_missing (err -2)",
+                                   "lf_target: Unknown symbol lf_gone (err -2)"]
+    assert all(lvl == 4 for lvl, _ in log)
+    assert k.modules.get("lf_target") is None
+
+
+def test_symbols_of_loaded_modules_resolve(k):
+    assert _load(k, _target())[0] == 0
+    user = ModuleDef(name="lf_user", description="uses lf_fn", imports=["lf_fn"])
+    assert _load(k, user)[0] == 0

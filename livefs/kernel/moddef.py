@@ -141,6 +141,9 @@ class ModuleDef:
     size: int = 16384
     depends: list[str] = attrs.field(factory=list)
     static_keys: list[StaticKeyDef] = attrs.field(factory=list)
+    # symbols the module uses from vmlinux or other modules (its undefined ELF
+    # symbols); one no loaded object has fails the load: "Unknown symbol"
+    imports: list[str] = attrs.field(factory=list)
 
 
 _IDENT_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -171,6 +174,8 @@ def validate(defn: ModuleDef) -> str | None:
     for f in defn.functions:
         if not isinstance(f, Function) or not f.name or not callable(f.body) or len(f.name) >= KSYM_NAME_LEN:
             return f"{defn.name}: bad function {f!r}"
+    if not isinstance(defn.imports, list) or not all(isinstance(i, str) and i for i in defn.imports):
+        return f"{defn.name}: imports must be a list of symbol names"
     if defn.patch is not None and not defn.livepatch:
         return f"{defn.name}: has a patch but livepatch=False (MODULE_INFO(livepatch, \"Y\") is missing)"
     if isinstance(defn.patch, Patch):

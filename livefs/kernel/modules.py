@@ -1,8 +1,9 @@
 """The module loader: insert, init, live, exit, remove.
 
-Loading follows load_module()/do_init_module(): parameters are parsed, taints
-are applied (with their once-per-boot messages), the module's symbols appear,
-livepatch's coming notifier runs, then ``init``.  A failing init unwinds
+Loading follows load_module()/do_init_module(): taints are applied (with their
+once-per-boot messages), undefined symbols are resolved, the module's symbols
+appear, livepatch's coming hook and the module notifiers run, parameters are
+parsed, then ``init``.  A failing init unwinds
 through the going notifier; a *positive* init return keeps the module, with
 the loader's warning, exactly as the kernel does.
 """
@@ -19,7 +20,7 @@ from .moddef import ModuleDef, Patch, validate, validate_patch
 from .panic import FINIT_MODULE_USER_REGS, init_module_path, print_dump_stack
 from .params import ParamValue, split_args
 from .printk import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
-from .symbols import KFunc
+from .symbols import VMLINUX, KFunc
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -217,7 +218,7 @@ class ModuleLoader:
             self._taint(mod, TAINT_UNSIGNED_MODULE,
                         "module verification failed: signature and/or required key missing - tainting kernel",
                         KERN_NOTICE)
-        ret = self._parse_args(mod, args)
+        ret = self._simplify_symbols(mod)
         if ret:
             del self.modules[name]
             return ret
@@ -230,12 +231,17 @@ class ModuleLoader:
             self.modules.pop(name, None)
             self.k.symbols.remove_object(name)
             return -errno.ENOEXEC
+        # complete_formation(), prepare_coming_module(): livepatch and the
+        # module notifiers see the module before parse_args() runs
         mod.state = ModuleState.COMING
         ret = self.k.livepatch.module_coming(mod)
         if ret:
             return self._unwind(mod, ret)
         ret = self.k.jump_labels.module_coming(name, uses, [(d.name, d.default) for d in defn.static_keys])
         if ret:
+            return self._unwind(mod, ret)
+        ret = self._parse_args(mod, args)
+        if ret:  # coming_cleanup: the going notifiers, klp_module_going()
             return self._unwind(mod, ret)
         ret = self._run_init(mod)
         if ret < 0:
@@ -247,6 +253,17 @@ class ModuleLoader:
             print_dump_stack(self.k, init_module_path(self.k), FINIT_MODULE_USER_REGS)
         mod.state = ModuleState.LIVE
         return 0
+
+    def _simplify_symbols(self, mod: Module) -> int:
+        """simplify_symbols(): every undefined symbol is looked up in vmlinux
+        and the loaded modules; each one missing is logged, the load fails
+        with -ENOENT, before the module is formed."""
+        ret = 0
+        for sym in mod.defn.imports:
+            if not any(self.k.symbols.find(obj, sym) for obj in [VMLINUX, *self.modules] if obj != mod.name):
+                ret = -errno.ENOENT
+                self.k.printk_task(KERN_WARNING, f"{mod.name}: Unknown symbol {sym} (err {ret})")
+        return ret
 
     def _parse_args(self, mod: Module, args: str) -> int:
         """parse_args(): every word is parsed, each error logged as parse_one()'s
