@@ -141,7 +141,11 @@ class ModelOwner:
                     self._token.run_sync_soon(self._poke)
 
     def _boot(self, kernel: Kernel) -> None:
-        """Replace the model machine (a mock-only reboot, for test isolation)."""
+        """Replace the model machine (a mock-only reboot, for test isolation);
+        the old machine's parked kthreads end with it."""
+        old = getattr(self, "kernel", None)
+        if old is not None:
+            old.sched.kthreads.shutdown()
         kernel.printk.listeners.append(self._on_record)
         self.kernel = kernel
         self._known.clear()
