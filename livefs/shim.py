@@ -254,6 +254,15 @@ def unescape(text):
     return out.decode("utf-8", "replace")
 
 
+def dmesg_record(text, usec, notime=False):
+    """How util-linux dmesg prints a /dev/kmsg record's text: the text only
+    (not the dictionary lines after it), unescaped (a \\x0a is the record's
+    own newline), continuation lines indented to the timestamp's width (its
+    safe_fwrite() with ctl->indent; none with --notime)."""
+    prefix = "" if notime else f"[{usec // 1000000:5d}.{usec % 1000000:06d}] "
+    return prefix + unescape(text.split("\n")[0]).replace("\n", "\n" + " " * len(prefix))
+
+
 def dmesg(argv):
     clear_after = "-c" in argv or "--read-clear" in argv
     clear_only = "-C" in argv or "--clear" in argv
@@ -298,8 +307,7 @@ def dmesg(argv):
             seq, usec = int(fields[1]), int(fields[2])
             if seq < start:
                 continue
-            text = unescape(text.split("\n")[0])
-            out.append(text if notime else f"[{usec // 1000000:5d}.{usec % 1000000:06d}] {text}")
+            out.append(dmesg_record(text, usec, notime))
     finally:
         os.close(fd)
     if out:

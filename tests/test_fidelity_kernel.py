@@ -291,7 +291,7 @@ def test_positive_init_return_dumps_the_finit_module_path_as_6_12_does(recording
     m = _versioned("6.12")
     assert m.insmod("lp_callbacks", "pre_patch_ret=16") == 0
     log = m.log()
-    at = log.index("do_init_module: loading module anyway...") + 1
+    at = next(i for i, t in enumerate(log) if t.endswith("\ndo_init_module: loading module anyway...")) + 1
     ours = log[at:log.index(" </TASK>", at) + 1]
     real = _recorded_dump(recording)
     # the first line: this CPU, pid and build; the hardware line: that VM's BIOS

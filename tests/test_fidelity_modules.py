@@ -196,3 +196,58 @@ def test_symbols_of_loaded_modules_resolve(k):
     assert _load(k, _target())[0] == 0
     user = ModuleDef(name="lf_user", description="uses lf_fn", imports=["lf_fn"])
     assert _load(k, user)[0] == 0
+
+
+# -- 4. multi-line records, the ring's size ---------------------------------------------------------
+
+SUSPICIOUS = ("do_init_module: 'lf_pos'->init suspiciously returned 1, it should follow 0/-E convention\n"
+              "do_init_module: loading module anyway...")
+
+
+def test_the_positive_init_warning_is_one_record(k):
+    ret, log = _load(k, ModuleDef(name="lf_pos", description="returns 1", init=lambda ctx: 1,
+                                  exit=lambda ctx: None))
+    assert ret == 0
+    assert (4, SUSPICIOUS) in log
+    assert not any(t == "do_init_module: loading module anyway..." for _, t in log)
+
+
+def test_kmsg_escapes_the_newline_and_dmesg_indents_the_continuation():
+    """/dev/kmsg: msg_add_ext_text() escapes every byte below ' ' (\\x0a); util-linux dmesg
+    prints the continuation under the text, as tests/transcripts/6.12/callbacks.txt shows."""
+    from livefs.fs.devfs import format_record
+    from livefs.kernel.printk import LogRecord
+    from livefs.shim import dmesg_record
+
+    rec = LogRecord(7, 7_890_513_000, 0, 4, SUSPICIOUS, "T196")
+    raw = format_record(rec).decode()
+    assert raw == ("4,7,7890513,-;do_init_module: 'lf_pos'->init suspiciously returned 1, it should follow 0/-E "
+                   "convention\\x0ado_init_module: loading module anyway...\n")
+    header, _, text = raw.rstrip("\n").partition(";")
+    assert dmesg_record(text, 7_890_513).split("\n") == [
+        "[    7.890513] do_init_module: 'lf_pos'->init suspiciously returned 1, it should follow 0/-E convention",
+        "               do_init_module: loading module anyway...",
+    ]
+    assert dmesg_record(text, 7_890_513, notime=True).split("\n")[1] == "do_init_module: loading module anyway..."
+    # and the recording has both forms
+    from pathlib import Path
+    lines = (Path(__file__).parent / "transcripts" / "6.12" / "callbacks.txt").read_text().splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("[") and "suspiciously returned 1" in ln)
+    assert lines[at + 1] == "               do_init_module: loading module anyway..."
+
+
+def test_the_ring_is_bounded_by_bytes_not_records():
+    """CONFIG_LOG_BUF_SHIFT=17 (Debian x86_64): 128 KiB of text, 4096 descriptors (one per 32 bytes)."""
+    from livefs.kernel.clock import Clock
+    from livefs.kernel.printk import Printk, log_buf_len
+
+    assert log_buf_len(2) == log_buf_len(17) == 1 << 17
+    assert log_buf_len(18) == 1 << 18  # log_buf_add_cpu(): 17 more CPUs' 4 KiB exceed half the buffer
+    short, long_ = Printk(Clock()), Printk(Clock())
+    for i in range(10000):
+        short.log(6, "x")            # 16 bytes a block: the descriptors run out first
+        long_.log(6, "y" * 200)      # 208 bytes a block: the text ring runs out first
+    assert len(short.records) == 4096
+    assert len(long_.records) in (629, 630)  # 131072 / 208, less what a wrap leaves unused
+    assert long_.first_seq() == 10000 - len(long_.records)
+    assert long_.record_at(long_.first_seq()) is long_.records[0]

@@ -391,8 +391,8 @@ def test_positive_init_return_keeps_module(machine):
     demo = "test_klp_callbacks_demo"
     assert machine.insmod(demo, "pre_patch_ret=1") == 0
     texts = machine.log()
-    assert f"do_init_module: '{demo}'->init suspiciously returned 1, it should follow 0/-E convention" in texts
-    at = texts.index("do_init_module: loading module anyway...")
+    at = texts.index(f"do_init_module: '{demo}'->init suspiciously returned 1, it should follow 0/-E convention\n"
+                     "do_init_module: loading module anyway...")
     assert texts[at + 1].startswith("CPU: 0 UID: 0 PID: ") and " Comm: insmod Tainted: G           OE K  " in \
         texts[at + 1]
     assert texts[at + 2] == "Tainted: [O]=OOT_MODULE, [E]=UNSIGNED_MODULE, [K]=LIVEPATCH"

@@ -247,9 +247,10 @@ class ModuleLoader:
         if ret < 0:
             return self._unwind(mod, ret)
         if ret > 0:
+            # one pr_warn(), one record: the second line is a continuation of it
             self.k.printk_task(KERN_WARNING, f"do_init_module: '{name}'->init suspiciously returned {ret}, "
-                                             "it should follow 0/-E convention")
-            self.k.printk_task(KERN_WARNING, "do_init_module: loading module anyway...")
+                                             "it should follow 0/-E convention\n"
+                                             "do_init_module: loading module anyway...")
             print_dump_stack(self.k, init_module_path(self.k), FINIT_MODULE_USER_REGS)
         mod.state = ModuleState.LIVE
         return 0

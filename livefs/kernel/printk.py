@@ -40,25 +40,72 @@ class LogRecord:
         return self.facility * 8 + self.level
 
 
+# Debian's x86_64 kernels (6.1, 6.12: /boot/config-6.12.95+deb12-amd64):
+# CONFIG_LOG_BUF_SHIFT=17, CONFIG_LOG_CPU_MAX_BUF_SHIFT=12
+LOG_BUF_SHIFT, LOG_CPU_MAX_BUF_SHIFT = 17, 12
+PRB_AVGBITS = 5  # kernel/printk/printk.c: one descriptor per 32 bytes of text ring
+
+
+def log_buf_len(possible_cpus: int = 1) -> int:
+    """log_buf_add_cpu(): the static buffer, grown (to a power of two) only
+    when the other CPUs' share would exceed half of it (more than 17 CPUs here)."""
+    size = 1 << LOG_BUF_SHIFT
+    extra = (possible_cpus - 1) * (1 << LOG_CPU_MAX_BUF_SHIFT)
+    if extra <= size // 2:
+        return size
+    return 1 << (extra + size - 1).bit_length()
+
+
+def _blk_size(text: str) -> int:
+    """to_blk_size(): the text (no trailing newline) after the block's id, aligned
+    to sizeof(unsigned long); an empty text takes no data block."""
+    n = len(text.encode("utf-8", "surrogateescape"))
+    return 0 if n == 0 else -(-(n + 8) // 8) * 8
+
+
 @attrs.define
 class Printk:
-    """A bounded log; old records fall off the front like the real ring."""
+    """The printk ring buffer (kernel/printk/printk_ringbuffer.c): a text ring
+    of ``size`` bytes and ``size >> PRB_AVGBITS`` descriptors.  A record's
+    text goes in one block that never wraps (one that would cross the end
+    starts again at the front, the rest of the wrap counted to it); the oldest
+    records are dropped while the new block's end is more than ``size``
+    bytes past the oldest one's start, or when no descriptor is left."""
 
     clock: Clock
-    capacity: int = 65536
+    size: int = attrs.field(factory=log_buf_len)
     records: deque[LogRecord] = attrs.field(init=False)
     next_seq: int = 0
     clear_seq: int = 0
     listeners: list[Callable[[LogRecord], None]] = attrs.field(factory=list)
+    _lpos: deque[int] = attrs.field(init=False)  # where each record's block begins
+    _head: int = 0  # where the next block may begin
 
     def __attrs_post_init__(self) -> None:
-        self.records = deque(maxlen=self.capacity)
+        self.records = deque()
+        self._lpos = deque()
+
+    @property
+    def descriptors(self) -> int:
+        return self.size >> PRB_AVGBITS
 
     def log(self, level: int, text: str, facility: int = 0, caller: str = "T0",
             ts_ns: int | None = None) -> LogRecord:
+        """One record; embedded newlines stay in it (vprintk_store() strips
+        only the trailing one)."""
         rec = LogRecord(self.next_seq, self.clock.now_ns if ts_ns is None else ts_ns, facility, level, text, caller)
         self.next_seq += 1
+        blk = _blk_size(text)
+        begin = self._head  # blk_lpos.begin: a wrapping block's gap is its own
+        end = begin + blk
+        if blk and begin // self.size != (end - 1) // self.size:
+            end = (end - 1) // self.size * self.size + blk  # get_next_lpos(): the data at the next wrap
+        while self.records and (len(self.records) >= self.descriptors or self._lpos[0] < end - self.size):
+            self.records.popleft()
+            self._lpos.popleft()
+        self._head = end
         self.records.append(rec)
+        self._lpos.append(begin)
         for listener in self.listeners:
             listener(rec)
         return rec
