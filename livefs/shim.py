@@ -176,15 +176,25 @@ def modprobe(argv):
     return 0
 
 
+MODINFO_FLAGS = {"-a": "author", "--author": "author", "-d": "description", "--description": "description",
+                 "-l": "license", "--license": "license", "-p": "parm", "--parameters": "parm",
+                 "-n": "filename", "--filename": "filename"}
+
+
 def modinfo(argv):
-    files = [a for a in argv if not a.startswith("-")]
+    field, files, args = None, [], iter(argv)
+    for a in args:
+        if a in ("-F", "--field"):
+            field = next(args, None)
+        elif a.startswith("--field="):
+            field = a.partition("=")[2]
+        elif a in MODINFO_FLAGS:
+            field = MODINFO_FLAGS[a]
+        elif not a.startswith("-"):
+            files.append(a)
     if not files:
         err("modinfo: ERROR: missing module or filename.")
         return 1
-    field = None
-    if "-F" in argv:
-        field = argv[argv.index("-F") + 1] if argv.index("-F") + 1 < len(argv) else None
-        files = [a for a in files if a != field]
     rc = 0
     for arg in files:
         try:
@@ -198,23 +208,50 @@ def modinfo(argv):
             err(f"modinfo: ERROR: could not get modinfo from '{modname(arg)}': Invalid argument")
             rc = 1
             continue
-        for key, value in [("filename", os.path.abspath(arg))] + kmod_fields(info):
-            if field is None:
+        filename = os.path.abspath(arg)
+        if field == "filename":
+            print(filename)
+        elif field == "parm":  # modinfo_params_do()
+            for pname, desc, ptype in kmod_params(info):
+                print(f"{pname}: ({ptype})" if desc is None else
+                      f"{pname}:{desc} ({ptype})" if ptype is not None else f"{pname}:{desc}")
+        elif field is not None:
+            for key, value in info:
+                if key == field:
+                    print(value)
+        else:
+            for key, value in [("filename", filename)] + kmod_fields(info):
                 print(f"{key + ':':<16}{value}")
-            elif key == field:
-                print(value)
     return rc
 
 
-def kmod_fields(info):
-    """kmod prints the fields in section order, then one parm: line per
-    parameter (its description and, in parentheses, its parmtype)."""
-    types = {v.partition(":")[0]: v.partition(":")[2] for k, v in info if k == "parmtype"}
-    out = [(k, v) for k, v in info if k not in ("parm", "parmtype")]
+def kmod_params(info):
+    """kmod's process_parm(): one entry per parameter name, its description
+    (parm=) and type (parmtype=), each new name put at the front of the
+    list, so they come out in reverse order of first appearance."""
+    params = []
     for key, value in info:
-        if key == "parm":
-            pname, _, desc = value.partition(":")
-            out.append((key, f"{pname}:{desc} ({types[pname]})" if pname in types else value))
+        if key not in ("parm", "parmtype"):
+            continue
+        pname, colon, rest = value.partition(":")
+        if not colon:
+            err(f'modinfo: ERROR: Found invalid "{key}={value}": missing \':\'')
+            continue
+        entry = next((e for e in params if e[0] == pname), None)
+        if entry is None:
+            entry = [pname, None, None]
+            params.insert(0, entry)
+        entry[1 if key == "parm" else 2] = rest
+    return [tuple(e) for e in params]
+
+
+def kmod_fields(info):
+    """modinfo_do(): the fields in section order, then one parm: line per
+    parameter: ``name:desc (type)``, ``name:type`` without a description."""
+    out = [(k, v) for k, v in info if k not in ("parm", "parmtype")]
+    for pname, desc, ptype in kmod_params(info):
+        out.append(("parm", f"{pname}:{ptype}" if desc is None else
+                    f"{pname}:{desc} ({ptype})" if ptype is not None else f"{pname}:{desc}"))
     return out
 
 

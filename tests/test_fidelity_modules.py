@@ -251,3 +251,79 @@ def test_the_ring_is_bounded_by_bytes_not_records():
     assert len(long_.records) in (629, 630)  # 131072 / 208, less what a wrap leaves unused
     assert long_.first_seq() == 10000 - len(long_.records)
     assert long_.record_at(long_.first_seq()) is long_.records[0]
+
+
+# -- 5. MODULE_PARM_DESC optional, parameters in kmod's order, the size -------------------------------
+
+
+def _ko(tmp_path, defn: ModuleDef):
+    from livefs import modimage
+    from livefs.catalog.image import modinfo_fields
+
+    path = tmp_path / f"{defn.name}.ko"
+    path.write_bytes(modimage.build(defn.name, modinfo_fields(defn, "6.12.0-livefs"), modimage.make_payload({})))
+    return path
+
+
+def _modinfo(capsys, *argv) -> list[str]:
+    from livefs.shim import main
+
+    assert main("modinfo", [str(a) for a in argv]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+PARAMS = ModuleDef(name="lf_params", description="params", params=[
+    Param("first", "int", 0, 0o644, "the first"), Param("bare", "bool", False, 0o644),
+    Param("last", "uint", 1, 0o644, "the last")])
+
+
+def test_a_parameter_without_description_has_no_parm_string(tmp_path):
+    from livefs import modimage
+
+    info = modimage.modinfo(_ko(tmp_path, PARAMS).read_bytes())
+    assert ("parmtype", "bare:bool") in info and not any(v.startswith("bare:") for k, v in info if k == "parm")
+    # the compiler's order: the last definition first
+    assert [v.partition(":")[0] for k, v in info if k == "parmtype"] == ["last", "bare", "first"]
+
+
+def test_modinfo_prints_parameters_as_kmod_does(tmp_path, capsys):
+    ko = _ko(tmp_path, PARAMS)
+    out = _modinfo(capsys, ko)
+    assert [ln for ln in out if ln.startswith("parm:")] == [
+        "parm:           first:the first (int)",
+        "parm:           bare:bool",
+        "parm:           last:the last (uint)",
+    ]
+    assert _modinfo(capsys, "-p", ko) == ["first:the first (int)", "bare: (bool)", "last:the last (uint)"]
+    assert _modinfo(capsys, "-F", "parm", ko) == _modinfo(capsys, "-p", ko)
+    assert _modinfo(capsys, "-F", "parmtype", ko) == ["last:uint", "bare:bool", "first:int"]
+    assert _modinfo(capsys, "-d", ko) == ["params"]
+
+
+def test_the_oracles_lp_busy_has_a_parameter_without_description(tmp_path, capsys):
+    """lp_busy.c: module_param(hold_max_ms, uint, 0644) with no MODULE_PARM_DESC."""
+    from livefs.catalog import catalog
+
+    assert _modinfo(capsys, "-p", _ko(tmp_path, catalog()["lp_busy"]))[1] == "hold_max_ms: (uint)"
+
+
+def test_lsmod_size_is_derived_from_the_text(k):
+    from livefs.kernel.moddef import module_size
+
+    small = ModuleDef(name="lf_small", description="small", functions=[Function("f", _tag("x"))],
+                      exit=lambda ctx: None)
+    big = ModuleDef(name="lf_big", description="big", functions=[Function("f", _tag("x"), size=5000)])
+    declared = ModuleDef(name="lf_declared", description="declared", size=12345)
+    assert module_size(small) == 16384  # one page of text, data, rodata, ro_after_init: lp_busy's 16384
+    assert module_size(big) == 20480
+    assert module_size(declared) == 12345
+    assert k.load_module(big) == 0
+    assert k.modules.get("lf_big").proc_modules_line(False).startswith("lf_big 20480 0 - Live ")
+
+
+def test_dynamic_debug_queries_split_on_the_kernels_isspace_only():
+    """ddebug_tokenize() splits on isspace(): ' \\t\\n\\v\\f\\r', not on \\x1c-\\x1f as Python's split() does."""
+    from livefs.kernel.printk import DynamicDebug
+
+    assert DynamicDebug().exec_queries("\x1c") == -errno.EINVAL
+    assert DynamicDebug().exec_queries(" \t+p\v") == 0

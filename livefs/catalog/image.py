@@ -33,8 +33,12 @@ def modinfo_fields(defn: ModuleDef, release: str) -> list[tuple[str, str]]:
     if defn.description:
         fields.append(("description", defn.description))
     fields.append(("license", defn.license))
-    for p in defn.params:
-        fields.append(("parm", f"{p.name}:{p.description}"))
+    # the compiler emits .modinfo strings in reverse order of their
+    # definition: the last parameter first, its MODULE_PARM_DESC before the
+    # parmtype of its module_param(); kmod prints them reversed again
+    for p in reversed(defn.params):
+        if p.description is not None:
+            fields.append(("parm", f"{p.name}:{p.description}"))
         fields.append(("parmtype", f"{p.name}:{_PARMTYPE[p.type]}"))
     fields.append(("depends", ",".join(defn.depends)))
     fields.append(("name", defn.name))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .moddef import ModuleDef, Patch, validate, validate_patch
+from .moddef import ModuleDef, Patch, module_size, validate, validate_patch
 from .panic import FINIT_MODULE_USER_REGS, init_module_path, print_dump_stack
 from .params import ParamValue, split_args
 from .printk import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
@@ -160,7 +160,7 @@ class Module:
         users = "[permanent]," if self.defn.init is not None and self.defn.exit is None else "-"
         state = {ModuleState.GOING: "Unloading", ModuleState.COMING: "Loading"}.get(self.state, "Live")
         flags = self.taint_letters + {ModuleState.GOING: "-", ModuleState.COMING: "+"}.get(self.state, "")
-        line = f"{self.name} {self.defn.size} {self.refcnt} {users} {state} 0x{self.base if show_address else 0:016x}"
+        line = f"{self.name} {module_size(self.defn)} {self.refcnt} {users} {state} 0x{self.base if show_address else 0:016x}"
         return line + (f" ({flags})" if self.taints else "")
 
 
