@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import re
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
@@ -169,6 +170,7 @@ def flag_order(version: "KernelVersion | None") -> str:
 
 
 _FLAG_CHARS = set("pmfltsd_")
+_C_SPACE = " \t\n\v\f\r"  # the kernel's isspace()
 
 
 @attrs.define
@@ -188,7 +190,7 @@ class DynamicDebug:
         """Apply the queries of one write; 0 or -EINVAL like ddebug_exec_queries
         (a flag the version does not know is EINVAL)."""
         known = set(flag_order(version)) | {"_"}
-        queries = [q.strip() for part in text.split("\n") for q in part.split(";")]
+        queries = [q.strip(_C_SPACE) for part in text.split("\n") for q in part.split(";")]
         queries = [q for q in queries if q and not q.startswith("#")]
         parsed = []
         for q in queries:
@@ -211,7 +213,7 @@ class DynamicDebug:
 
     @staticmethod
     def _parse(query: str):
-        words = query.split()
+        words = [w for w in re.split(f"[{_C_SPACE}]+", query) if w]  # isspace(): not Python's \x1c-\x1f
         if not words:
             return None
         flagword = words[-1]
