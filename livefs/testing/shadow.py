@@ -130,12 +130,18 @@ class Shadow:
 
     def sides(self, target: Target) -> tuple[str, str] | None:
         """(the transition patch's version, the one below it) where the
-        transition is on this function, else None."""
+        transition patch is on this function, else None.  Calls see both
+        sides only when it is the newest there (the ftrace handler looks at
+        the top of the func_stack alone)."""
         stack = self.stack(target)
         for i, (p, version) in enumerate(stack):
             if p is self.transition:
                 return version, stack[i - 1][1] if i else ORIG
         return None
+
+    def call_sides(self, target: Target) -> tuple[str, str] | None:
+        stack = self.stack(target)
+        return self.sides(target) if stack and stack[-1][0] is self.transition else None
 
     def top(self, target: Target) -> str:
         stack = self.stack(target)
@@ -147,7 +153,7 @@ class Shadow:
         the transition patch in one syscall."""
         side_seen: set[str] = set()
         for target, version in seen.items():
-            sides = self.sides(target)
+            sides = self.call_sides(target)
             if sides is None:
                 assert version == self.top(target), f"{target} ran {version}, expected {self.top(target)}"
                 continue
