@@ -28,6 +28,7 @@ from livefs.fs.tree import Attr, Dir, Request, SnapshotHandle, Symlink, resolve
 from livefs.fs.hostproc import host_process_info
 from livefs.kernel.kernel import Kernel
 from livefs.kernel.tasks import Task
+from livefs.shim import unescape
 from livefs.tools import tools_dir
 
 MODULES = ("test_klp_livepatch", "test_klp_atomic_replace", "test_klp_callbacks_demo", "test_klp_callbacks_mod",
@@ -149,7 +150,7 @@ def live_log(mount: Path) -> list[str]:
                 rec = os.read(fd, 8192).decode()
             except BlockingIOError:
                 break
-            texts.append(rec.split(";", 1)[1].rstrip("\n"))
+            texts.append(unescape(rec.split(";", 1)[1].rstrip("\n")))  # /dev/kmsg escapes newlines as \x0a
     finally:
         os.close(fd)
     return texts
