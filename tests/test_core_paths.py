@@ -166,3 +166,30 @@ def test_a_late_module_patched_and_unloaded(k):
     ]
     obj = k.livepatch.find_sysfs_patch("lf_p_ok").objs[0]
     assert obj.mod is None and not obj.patched and not k.livepatch.ops
+
+
+def test_a_callback_that_raises_fails_like_efault(k):
+    """A module's Python that raises is a module bug, not a livefs crash: the
+    log names the patch and the callback, and the callback's caller sees
+    -EFAULT (a pre-patch callback: the patch is refused)."""
+    import functools
+
+    def pre_patch(ctx, obj):
+        raise ValueError("boom")
+
+    def _named(pre) -> ModuleDef:
+        return ModuleDef(name="lf_p_raise", description="raises", livepatch=True,
+                         patch=Patch(objs=[Object(None, [Func("cmdline_proc_show", _tag("lf_p_raise"))],
+                                                  Callbacks(pre_patch=pre))]))
+
+    ret, log = _load(k, _named(pre_patch))
+    assert ret == -errno.EFAULT
+    assert (KERN_ERR, "livefs: lf_p_raise: pre_patch raised ValueError: boom") in log
+    bug = log.index((KERN_ERR, "livefs: lf_p_raise: pre_patch raised ValueError: boom"))
+    assert log[bug + 1:bug + 3] == [(KERN_WARNING, "livepatch: pre-patch callback failed for object 'vmlinux'"),
+                                    (KERN_WARNING, "livepatch: failed to enable patch 'lf_p_raise'")]
+    assert k.modules.last_error == "lf_p_raise: pre_patch raised ValueError: boom"
+    # a callable without a name (a partial) is called "callback"
+    ret, log = _load(k, _named(functools.partial(pre_patch)))
+    assert ret == -errno.EFAULT
+    assert (KERN_ERR, "livefs: lf_p_raise: callback raised ValueError: boom") in log
