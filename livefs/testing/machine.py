@@ -68,6 +68,7 @@ class LivepatchMachine(RuleBasedStateMachine):
         self.reached: set[str] = set()
         # the machine's own idea of the patches, from declarations and the log alone
         self.shadow = Shadow(on_complete=self._check_completion)
+        self.left_by_force: set = set()  # tasks a forced transition left in code it took away
         k.printk.listeners.append(lambda rec: self.shadow.log_line(rec.text))
         cls = type(self)
         try:  # printed before "state = ...()" in a failing run's reproducer
@@ -104,14 +105,22 @@ class LivepatchMachine(RuleBasedStateMachine):
                 self.violations.append(f"{task!r} at {task.patch_state} (pending {task.patch_pending}) when "
                                        f"'{klp.transition_patch.name}' completed to {klp.target_state}")
 
-    def _check_completion(self, patch: ShadowPatch, enabling: bool) -> None:
+    def _check_completion(self, patch: ShadowPatch, enabling: bool, forced: bool) -> None:
         """When an unforced transition completes, no task's stack (what
         /proc/PID/stack shows) holds code it took away -- the code worked out
-        by the shadow, not by the model."""
+        by the shadow, not by the model.  A forced one may leave tasks there:
+        that is what force is for, and they stay in that code for good (its
+        module may even go), so later checks leave them out."""
         gone = self.shadow.taken_away(patch, enabling)
         for task in self.k.tasks.all_with_idle():
+            if task in self.left_by_force:
+                continue
             for frame in task.stack:
-                if (frame.obj, frame.name) in gone:
+                if (frame.obj, frame.name) not in gone:
+                    continue
+                if forced:
+                    self.left_by_force.add(task)
+                else:
                     self.violations.append(f"{task!r} still in {frame.obj}:{frame.name} when '{patch.name}' "
                                            f"completed {'patching' if enabling else 'unpatching'}")
 

@@ -78,7 +78,7 @@ class Shadow:
     enabling: bool = False
     forced: bool = False
     loaded: set[str] = attrs.field(factory=lambda: {"vmlinux"})
-    # called with (patch, enabling) when an unforced transition completes,
+    # called with (patch, enabling, forced) when a transition completes,
     # before the shadow moves on: the machine checks the tasks there
     on_complete: Any = None
 
@@ -105,8 +105,8 @@ class Shadow:
         else:
             patch = self.declared[m["done"]]
             started = self.transition is patch
-            if started and not self.forced and self.on_complete is not None:
-                self.on_complete(patch, self.enabling)
+            if started and self.on_complete is not None:
+                self.on_complete(patch, self.enabling, self.forced)
             if m["done_dir"] == "patching":
                 if patch.replace:
                     for other in self.patches:
