@@ -206,8 +206,9 @@ class LivepatchMachine(RuleBasedStateMachine):
         elif op == "signal":
             (k.sched.wake_up_interruptible if task.is_kthread else k.sched.fake_signal)(task)
         else:
+            # only code that can run: a replacement for an object that is loaded and patched
             new = [f for p in k.livepatch.patches for fn in p.funcs() if (f := fn.new_func) is not None
-                   and not fn.nop]
+                   and not fn.nop and fn.obj.patched]
             if new:
                 k.sched.sleep(task, _pick(new, code))
 
@@ -226,7 +227,7 @@ class LivepatchMachine(RuleBasedStateMachine):
     def park_in_patched_code(self, pick: int, kind: str) -> None:
         """A task asleep (uninterruptibly) in old or new code of a patch: it
         holds any transition of that code until it is woken or forced."""
-        code = [f for p in self.k.livepatch.patches for fn in p.funcs() if not fn.nop
+        code = [f for p in self.k.livepatch.patches for fn in p.funcs() if not fn.nop and fn.obj.patched
                 for f in (fn.old_func, fn.new_func) if f is not None]
         if code:
             task = self.k.sched.spawn(TaskKind.KTHREAD if kind == "kthread" else TaskKind.USER, "lf-parked",
