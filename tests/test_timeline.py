@@ -44,14 +44,21 @@ def test_a_running_transition_is_drawn_up_to_now():
     assert [kind for _, kind, _ in lay.markers].count("attempt") == 6
 
 
-def test_reversal_flips_who_must_switch():
+def _stalled(seconds: int, store: str, value: bytes):
+    """A patch held by a kthread asleep in the old function for ``seconds``,
+    then ``value`` written to the patch's ``store`` attribute by the shell."""
     k = Kernel(ncpus=2)
     shell = k.task_for(900_001, "bash")
     k.sched.spawn(TaskKind.KTHREAD, "stuck", k.vmlinux_func("cmdline_proc_show"))
     _load(k, shell)
-    k.advance(2 * NSEC_PER_SEC)
+    k.advance(seconds * NSEC_PER_SEC)
     with k.syscall(shell):
-        assert k.livepatch.enabled_store(k.livepatch.transition_patch, b"0") == 0  # reverse
+        assert getattr(k.livepatch, store)(k.livepatch.transition_patch, value) == 0
+    return k, shell
+
+
+def test_reversal_flips_who_must_switch():
+    k, shell = _stalled(2, "enabled_store", b"0")  # reverse
     k.advance(2 * NSEC_PER_SEC)
     record, now = _last(k)
     assert record["outcome"] == "complete" and record["target"] == "patched, reversed to unpatched"
@@ -86,13 +93,7 @@ def test_ten_thousand_tasks_fold_into_groups_and_stragglers():
 
 
 def test_renderings(tmp_path):
-    k = Kernel(ncpus=2)
-    shell = k.task_for(900_001, "bash")
-    k.sched.spawn(TaskKind.KTHREAD, "stuck", k.vmlinux_func("cmdline_proc_show"))
-    _load(k, shell)
-    k.advance(16 * NSEC_PER_SEC)
-    with k.syscall(shell):
-        assert k.livepatch.force_store(k.livepatch.transition_patch, b"1") == 0
+    k, _ = _stalled(16, "force_store", b"1")
     k.advance(NSEC_PER_SEC)
     record, now = _last(k)
     lay = timeline.layout(record, now)
