@@ -193,3 +193,20 @@ def test_a_callback_that_raises_fails_like_efault(k):
     ret, log = _load(k, _named(functools.partial(pre_patch)))
     assert ret == -errno.EFAULT
     assert (KERN_ERR, "livefs: lf_p_raise: callback raised ValueError: boom") in log
+
+
+def test_kstrtobool_as_lib_kstrtox():
+    """Every first byte (and every second after an 'o'): only the kernel's
+    characters are accepted, everything else is EINVAL (None here)."""
+    from livefs.kernel.livepatch.core import kstrtobool
+    for first in range(256):
+        c = bytes([first])
+        want = True if c in b"yYtT1" else False if c in b"nNfF0" else None
+        if c not in b"oO":
+            assert kstrtobool(c + b"\n") is want, c
+            continue
+        assert kstrtobool(c) is None
+        for second in range(256):
+            d = bytes([second])
+            assert kstrtobool(c + d) is (True if d in b"nN" else False if d in b"fF" else None), c + d
+    assert kstrtobool(b"") is None

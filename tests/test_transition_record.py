@@ -143,3 +143,25 @@ def test_immediate_and_kpatch_record_their_switches():
     record = k2.livepatch.log.current
     assert record.switches == [] and [(tid, why) for _, _, tid, why in record.blocked] == [
         (stuck2.pid, "sleeping on function cmdline_proc_show")]
+
+
+def test_kgraft_switch_points_and_reasons():
+    """Under kGraft each task switches only where it holds no kernel state:
+    a user task in user space, a kthread waiting at the top of its loop, an
+    idle task resumed in its idle loop; a running task is reported running,
+    one asleep in the kernel as in the kernel."""
+    k, shell = _machine(ConsistencyModel.KGRAFT, version="6.12")
+    user = k.sched.spawn(TaskKind.USER, "idle-user", None)
+    looping = k.sched.spawn(TaskKind.KTHREAD, "looping", None)
+    inside = k.sched.spawn(TaskKind.KTHREAD, "inside", k.vmlinux_func("ksys_read"))
+    spinner = k.sched.spawn(TaskKind.KTHREAD, "spinner", None)
+    k.sched.spin(spinner, k.vmlinux_func("ksys_read"))
+    _enable(k, shell)
+    record = k.livepatch.log.current
+    first = {tid: c for _, a, tid, c in record.switches if a == 1}
+    assert first[user.pid] is Cause.RETURN_TO_USER
+    assert first[looping.pid] is Cause.KTHREAD_LOOP
+    assert first[-1] is Cause.IDLE_LOOP  # CPU 0's idle task: CPU 0 runs the writer, so it waits in do_idle()
+    why = {tid: w for _, _, tid, w in record.blocked}
+    assert why[inside.pid] == "in the kernel" and why[spinner.pid] == "running"
+    assert inside.pid not in first and spinner.pid not in first
