@@ -210,3 +210,26 @@ def test_kstrtobool_as_lib_kstrtox():
             d = bytes([second])
             assert kstrtobool(c + d) is (True if d in b"nN" else False if d in b"fF" else None), c + d
     assert kstrtobool(b"") is None
+
+
+def test_klp_enable_patch_refusals(k):
+    """klp_enable_patch() from a module not marked as a livepatch, and a patch
+    whose states are older than the installed ones: pr_err and EINVAL."""
+    from livefs.catalog import find
+    not_lp = ModuleDef(name="lf_not_lp", description="not a livepatch",
+                       init=lambda ctx: ctx.klp_enable_patch(Patch(objs=[Object(None, [
+                           Func("cmdline_proc_show", _tag("lf_not_lp"))])])))
+    ret, log = _load(k, not_lp)
+    assert ret == -errno.EINVAL and k.modules.get("lf_not_lp") is None
+    assert (KERN_ERR, "livepatch: module lf_not_lp is not marked as a livepatch module") in log
+    ret, log = _load(k, find("test_klp_state2"))
+    assert ret == 0
+    # the transition's notices, at their levels (completes inside the write on one CPU)
+    assert [(lvl, text) for lvl, text in log if text.startswith("livepatch: ")][-3:] == [
+        (KERN_NOTICE, "livepatch: enabling patch 'test_klp_state2'"),
+        (KERN_NOTICE, "livepatch: 'test_klp_state2': starting patching transition"),
+        (KERN_NOTICE, "livepatch: 'test_klp_state2': patching complete")]
+    ret, log = _load(k, find("test_klp_state"))
+    assert ret == -errno.EINVAL and k.modules.get("test_klp_state") is None
+    assert log == [(KERN_ERR, "livepatch: Livepatch patch (test_klp_state) is not compatible with the already "
+                              "installed livepatches.")]
