@@ -44,8 +44,3 @@ class ConsistencyModel(enum.Enum):
     def switches_per_task(self) -> bool:
         """A task switches on its own at kernel exit and in the idle loop."""
         return self in (ConsistencyModel.HYBRID, ConsistencyModel.KGRAFT)
-
-    @property
-    def checks_stacks(self) -> bool:
-        """Sleeping tasks are switched by looking at their stacks, one by one."""
-        return self is ConsistencyModel.HYBRID

@@ -124,7 +124,7 @@ def _switch(klp: "Livepatch", task: Task, cause: Cause) -> None:
         if cause in (Cause.FORCE, Cause.IMMEDIATE):  # the switches that need no proof: say when it was unsafe
             name = _forbidden_frame(klp, task)
             if name is not None:
-                record.event(klp.k.clock.now_ns, klp.attempt, "unsafe", f"{task_id(task)}:{name}")
+                _event(klp, "unsafe", f"{task_id(task)}:{name}")
 
 
 def _blocked(klp: "Livepatch", task: Task, why: str) -> None:
@@ -152,7 +152,7 @@ def klp_new_task(klp: "Livepatch", task: Task, state: int, pending: bool) -> Non
         _switch(klp, task, Cause.FORK)
     else:
         record.note_task(task)
-        record.event(klp.k.clock.now_ns, klp.attempt, "pending", str(task_id(task)))
+        _event(klp, "pending", str(task_id(task)))
 
 
 def klp_staged_switch(klp: "Livepatch", task: Task) -> None:
