@@ -140,6 +140,47 @@ def test_ps_and_pgrep_see_model_kthreads(require_fuse, tmp_path):
                                      "    2 D    [lp_stuck]", ""], r.stdout
 
 
+# -- pids: below /proc/sys/kernel/pid_max (alloc_pid(), idr_alloc_cyclic) --------------------
+
+def test_model_pids_stay_below_pid_max_and_wrap_to_reserved_pids():
+    from livefs.kernel.kernel import Kernel
+    from livefs.kernel.tasks import RESERVED_PIDS, TaskKind
+    k = Kernel(ncpus=1, pid_max=1010)
+    pids = [k.sched.spawn(TaskKind.KTHREAD, f"t{i}", None).pid for i in range(12)]
+    assert pids == list(range(1000, 1010)) + [RESERVED_PIDS, RESERVED_PIDS + 1]
+    k.exit_task(1003)
+    k.tasks.next_pid = 1003
+    assert k.sched.spawn(TaskKind.USER, "u", None).pid == 1003
+
+
+def test_model_pids_skip_the_pids_the_host_holds():
+    from livefs.kernel.kernel import Kernel
+    from livefs.kernel.tasks import TaskKind
+    host = {1000, 1001, 1003}
+    k = Kernel(ncpus=1, pid_max=1005, pid_taken=host.__contains__)
+    assert [k.sched.spawn(TaskKind.KTHREAD, f"t{i}", None).pid for i in range(3)] == [1002, 1004, 300]
+
+
+def test_the_daemons_pid_base_is_read_as_the_hosts_pid_space():
+    # runtime/daemon.py passes pid_base=<host pid_max> + 1: the model keeps below that pid_max
+    # and away from the host's processes (this one among them)
+    from livefs.kernel.kernel import Kernel
+    from livefs.kernel.tasks import TaskKind
+    k = Kernel(ncpus=1, pid_base=32769)
+    pid = k.sched.spawn(TaskKind.KTHREAD, "t", None).pid
+    assert 300 <= pid < 32768 and not os.path.exists(f"/proc/{pid}")
+    assert k.tasks.taken(os.getpid())
+
+
+def test_model_kthreads_pids_are_below_the_pid_max_livefs_run_shows(require_fuse, tmp_path):
+    r = livefs_cli("run", "--cpus", "2", "--", "bash", "-c",
+                   'echo "spawn kthread lp_stuck cmdline_proc_show" > /sys/kernel/debug/livefs/tasks'
+                   '; cat /proc/sys/kernel/pid_max; pgrep -x lp_stuck; pgrep -x kthreadd', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    pid_max, *pids = (int(x) for x in r.stdout.split())
+    assert pids and all(0 < pid < pid_max for pid in pids), r.stdout
+
+
 # -- /proc/kallsyms ----------------------------------------------------------------------------
 
 def _kallsyms(k) -> list[tuple[int, str, str]]:

@@ -29,7 +29,8 @@ from .kprobes import Kprobes
 from .livepatch.shadow import ShadowTable
 from .sched import Scheduler
 from .trace import FunctionTracer
-from .tasks import RunState, Task, TaskKind, TaskList
+from .tasks import (DEFAULT_PID_BASE, PID_MAX_DEFAULT, RESERVED_PIDS, RunState, Task, TaskKind, TaskList,
+                    host_pid_taken)
 from .version import MAINLINE, KernelVersion
 
 DEFAULT_CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-livefs root=/dev/vda1 ro console=ttyS0 quiet"
@@ -159,8 +160,19 @@ UTS_VERSION = "#1 SMP PREEMPT_DYNAMIC livefs"
 class Kernel:
     def __init__(self, version: KernelVersion = MAINLINE, ncpus: int = 2,
                  cmdline: str = DEFAULT_CMDLINE, boot_ns: int = 0,
-                 meminfo: Callable[[], str] | None = None, pid_base: int = 1000,
-                 consistency_model: ConsistencyModel = ConsistencyModel.HYBRID) -> None:
+                 meminfo: Callable[[], str] | None = None, pid_base: int = DEFAULT_PID_BASE,
+                 consistency_model: ConsistencyModel = ConsistencyModel.HYBRID,
+                 pid_max: int | None = None, pid_taken: Callable[[int], bool] | None = None) -> None:
+        """``pid_base``: where the model's pids start; ``pid_max``: the
+        machine's /proc/sys/kernel/pid_max, below which every pid stays
+        (default PID_MAX_DEFAULT); ``pid_taken``: the pids held outside the
+        model (a mount's host processes), never handed out.  runtime/daemon.py
+        passes only ``pid_base``, as the host's pid_max + 1 (from when model
+        pids were put above every real one): read as the host's pid space, its
+        pid_max and the pids its processes hold, from RESERVED_PIDS on."""
+        if pid_max is None and pid_base != DEFAULT_PID_BASE:
+            pid_max, pid_base = pid_base - 1, RESERVED_PIDS
+            pid_taken = pid_taken or host_pid_taken
         self.version = version
         self.ncpus = ncpus
         self.cmdline = cmdline
@@ -170,8 +182,9 @@ class Kernel:
         self.printk = Printk(self.clock)
         self.dyndbg = DynamicDebug()
         self.symbols = SymbolTable()
+        self._entry_funcs: dict[str, KFunc] = {}  # syscall entry points, looked up once
         self.utsname = UtsName("Linux", version.release, UTS_VERSION)
-        self.tasks = TaskList(next_pid=pid_base)
+        self.tasks = TaskList(next_pid=pid_base, pid_max=pid_max or PID_MAX_DEFAULT, taken=pid_taken)
         self.text = Text()
         self.ftrace = Ftrace(self.text)
         self.jump_labels = JumpLabels(self)
@@ -345,21 +358,34 @@ class Kernel:
     @contextlib.contextmanager
     def syscall(self, task: Task, entry: str = "do_syscall_64") -> Iterator[Task]:
         """A task enters the kernel; on the way back out it may switch."""
+        outer = self.syscall_enter(task, entry)
+        try:
+            yield task
+        finally:
+            self.syscall_exit(task, outer)
+
+    def syscall_enter(self, task: Task, entry: str = "do_syscall_64") -> tuple[Task | None, int]:
+        """The first half of :meth:`syscall`, for callers on a hot path (every
+        FUSE request); hand what it returns to :meth:`syscall_exit`."""
         outer = self.current
         self.current = task
         task.in_syscall = True
         task.state = RunState.RUNNING
         base = len(task.stack)
-        task.stack.append(self.vmlinux_func(entry))
-        try:
-            yield task
-        finally:
-            del task.stack[base:]
-            task.in_syscall = False
-            task.state = RunState.USER if not task.stack else RunState.SLEEPING
-            self.current = outer
-            klp_update_patch_state(self.livepatch, task)  # exit_to_user_mode
-            self.run_pending()
+        func = self._entry_funcs.get(entry)
+        if func is None:
+            func = self._entry_funcs[entry] = self.vmlinux_func(entry)
+        task.stack.append(func)
+        return outer, base
+
+    def syscall_exit(self, task: Task, entered: tuple[Task | None, int]) -> None:
+        outer, base = entered
+        del task.stack[base:]
+        task.in_syscall = False
+        task.state = RunState.USER if not task.stack else RunState.SLEEPING
+        self.current = outer
+        klp_update_patch_state(self.livepatch, task)  # exit_to_user_mode
+        self.run_pending()
 
     @contextlib.contextmanager
     def in_function(self, obj: str, name: str) -> Iterator[None]:

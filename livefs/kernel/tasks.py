@@ -9,7 +9,9 @@ live mount become user tasks here on first contact.
 from __future__ import annotations
 
 import enum
-from typing import Iterator
+import errno
+import os
+from typing import Callable, Iterator
 
 import attrs
 
@@ -18,6 +20,15 @@ from .symbols import KFunc
 KLP_UNDEFINED = -1
 KLP_UNPATCHED = 0
 KLP_PATCHED = 1
+
+# include/linux/threads.h: pids below RESERVED_PIDS are handed out only until
+# the first wrap; PID_MAX_DEFAULT is the kernel's own pid_max (pid_idr_init()
+# raises it to 1024 per possible CPU past 32 CPUs; systemd's 50-pid-max.conf
+# sets PID_MAX_LIMIT on 64-bit machines)
+RESERVED_PIDS = 300
+PID_MAX_DEFAULT = 0x8000
+PID_MAX_LIMIT = 4 * 1024 * 1024
+DEFAULT_PID_BASE = 1000
 
 
 class TaskKind(enum.Enum):
@@ -68,20 +79,31 @@ class TaskList:
 
     tasks: dict[int, Task] = attrs.field(factory=dict)
     idle: list[Task] = attrs.field(factory=list)
-    # pids the model hands out itself start here; a live mount puts this above
-    # the host's pid_max so they never meet the pids of real processes
-    next_pid: int = 1000
+    # where the model's next pid is looked for (the kernel's pid_ns->idr cursor)
+    next_pid: int = DEFAULT_PID_BASE
+    # /proc/sys/kernel/pid_max: every pid is below it
+    pid_max: int = PID_MAX_DEFAULT
+    # pids held outside the model (a mount's: the host's processes, which
+    # share the model's pid space), never handed out
+    taken: Callable[[int], bool] | None = None
 
     def add(self, task: Task) -> Task:
         self.tasks[task.pid] = task
         return task
 
     def new_pid(self) -> int:
-        while self.next_pid in self.tasks:
-            self.next_pid += 1
+        """alloc_pid(): idr_alloc_cyclic(&ns->idr, ..., RESERVED_PIDS, pid_max)
+        -- the first free pid from the cursor on, wrapping from pid_max - 1 to
+        RESERVED_PIDS; EAGAIN when every pid is in use."""
         pid = self.next_pid
-        self.next_pid += 1
-        return pid
+        for _ in range(self.pid_max):
+            if pid >= self.pid_max:
+                pid = RESERVED_PIDS
+            if pid not in self.tasks and not (self.taken is not None and self.taken(pid)):
+                self.next_pid = pid + 1
+                return pid
+            pid += 1
+        raise OSError(errno.EAGAIN, "no free pid below pid_max")
 
     def remove(self, pid: int) -> None:
         self.tasks.pop(pid, None)
@@ -95,3 +117,9 @@ class TaskList:
     def all_with_idle(self) -> Iterator[Task]:
         yield from self.for_each_process_thread()
         yield from self.idle
+
+
+def host_pid_taken(pid: int) -> bool:
+    """Whether a host process or thread has ``pid`` (/proc/<tid> resolves
+    for threads too, though only thread-group leaders are listed)."""
+    return os.path.exists(f"/proc/{pid}")
