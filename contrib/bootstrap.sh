@@ -9,8 +9,9 @@ case "$what" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2;; esac
 [[ $(id -u) == 0 ]] || { echo "$0: run as root (it installs Debian packages); livefs itself then runs as any user" >&2; exit 1; }
 
 need=()
-command -v fusermount >/dev/null || need+=(fuse)
-{ ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2'; } || need+=(libfuse2)
+# libfuse 3 (its fuse3 package also gives the fusermount command)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+{ ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3'; } || need+=(libfuse3-3)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v sysctl >/dev/null || need+=(procps)
 command -v readelf >/dev/null || need+=(binutils)

@@ -1,42 +1,40 @@
-"""The fusepy adapter: FUSE requests in, tree operations out, errno back.
+"""The FUSE adapter (mfusepy): FUSE requests in, tree operations out, errno back.
 
 It knows nothing of livepatch.  Every request runs inside the model owner as a
 syscall of the calling process (``owner.syscall(pid, fn)``); the only thing done
 outside it is waiting for a blocking ``/dev/kmsg`` read, so one waiting reader
-never stalls the mount.
+never stalls the mount (:mod:`livefs.fs.fuse_session` serves those reads in a
+thread of their own and everything else in the loop's thread).
+
+What the kernel may cache: directory entries, for ENTRY_TIMEOUT_S.  Every
+request that reaches us names its path and is resolved against the model
+afresh, and attributes are never cached (every stat(2) asks), so an entry the
+model has removed is gone at once for ``[[ -e ]]``, ``stat``, ``open`` and
+``ls``; the cached dentry only spares the path walk its LOOKUPs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
+import stat
 import time
 from typing import Any, Callable, Protocol
 
-import fuse
+from . import fuse_session
+from .fuse_session import fuse
 
 log = logging.getLogger("livefs")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-PTHREAD_CANCEL_ENABLE, PTHREAD_CANCEL_DISABLE = 0, 1
-
-
-def _session_exited() -> bool:
-    """libfuse is shutting down (signal or unmount); valid inside a callback."""
-    ctx = fuse._libfuse.fuse_get_context()
-    return bool(fuse._libfuse.fuse_exited(ctypes.c_void_p(ctx.contents.fuse)))
-
-
-def _interrupted() -> bool:
-    """The kernel sent FUSE_INTERRUPT for this request: its caller got a
-    signal (SIGKILL included: the kernel then waits for our answer, so a
-    blocked read must notice and end with EINTR, as devkmsg_read does)."""
-    return bool(fuse._libfuse.fuse_interrupted())
-
-
 INTERRUPT_POLL_S = 0.05
+ENTRY_TIMEOUT_S = 1.0
+# the options every livefs mount is made with (see the module docstring); an
+# O_TRUNC open comes as one OPEN (libfuse 3 asks for that by default)
+MOUNT_OPTIONS: dict[str, Any] = dict(direct_io=True, attr_timeout=0, entry_timeout=ENTRY_TIMEOUT_S,
+                                     negative_timeout=0, fsname="livefs", subtype="livefs")
+if not fuse_session.LIBFUSE3:
+    MOUNT_OPTIONS["atomic_o_trunc"] = True
 
 from .tree import Attr, Dir, Request, Stream, Symlink, nlink, resolve
 
@@ -53,33 +51,30 @@ def _err(code: int) -> fuse.FuseOSError:
 
 
 class LivefsOperations(fuse.Operations):
-    # no xattr handlers: the kernel then stops asking (saves a round trip per write)
+    use_ns = True
+    # no xattr or flush handlers: the kernel then stops asking (a round trip
+    # saved per write and per close)
     getxattr = None
     listxattr = None
     setxattr = None
     removexattr = None
+    flush = None
 
     def __init__(self, root: Dir, owner: Owner) -> None:
         self.root = root
         self.owner = owner
         self.handles: dict[int, Any] = {}
         self.nonblock: dict[int, bool] = {}
+        self.streams: set[int] = set()
         self.next_fh = 1
-        self.mounted_at = time.time()
+        self.mounted_at = time.time_ns()
         # whoever serves the mount is root of the model's world (a normal
         # user's own mount, like the user namespace of a rootless livefs run)
         self.daemon_uid = os.geteuid()
 
-    def __call__(self, op: str, *args: Any) -> Any:
-        """Every request runs with thread cancellation off: libfuse cancels its
-        worker threads when it shuts down, and a cancel that lands inside Python
-        code would wreck the interpreter; it takes effect once we are back in C."""
-        old = ctypes.c_int()
-        _libc.pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, ctypes.byref(old))
-        try:
-            return super().__call__(op, *args)
-        finally:
-            _libc.pthread_setcancelstate(old.value, None)
+    def is_stream(self, fh: int) -> bool:
+        """A read of this handle may wait (``/dev/kmsg``)."""
+        return fh in self.streams
 
     # -- helpers --------------------------------------------------------------
     def _call(self, fn: Callable[[Request], Any]) -> Any:
@@ -128,7 +123,8 @@ class LivefsOperations(fuse.Operations):
                 raise _err(errno.ENOTDIR)
             if not node.allows(req, 0o4):
                 raise _err(errno.EACCES)
-            return [".", ".."] + [name for name, _ in node.listing(req)]
+            return [(".", node.mode, 0), ("..", stat.S_IFDIR | 0o755, 0)] + \
+                [(name, child.mode, 0) for name, child in node.listing(req)]
         return self._call(fn)
 
     def readlink(self, path: str) -> str:
@@ -168,6 +164,8 @@ class LivefsOperations(fuse.Operations):
             fh = self.next_fh
             self.next_fh += 1
             self.handles[fh] = handle
+            if isinstance(node, Stream):
+                self.streams.add(fh)
             self.nonblock[fh] = bool(flags & os.O_NONBLOCK)
             return fh
         return self._call(fn)
@@ -191,7 +189,7 @@ class LivefsOperations(fuse.Operations):
                 raise _err(exc.errno or errno.EIO)
             # a blocking reader waits here, outside the model, for the next record
             self.owner.wait_for_log(INTERRUPT_POLL_S)
-            if self.owner.stopping or _session_exited() or _interrupted():
+            if self.owner.stopping or fuse_session.session_exited() or fuse_session.interrupted():
                 raise _err(errno.EINTR)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -215,9 +213,7 @@ class LivefsOperations(fuse.Operations):
     def release(self, path: str, fh: int) -> int:
         self.handles.pop(fh, None)
         self.nonblock.pop(fh, None)
-        return 0
-
-    def flush(self, path: str, fh: int) -> int:
+        self.streams.discard(fh)
         return 0
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:

@@ -11,7 +11,7 @@ from livefs.kernel.panic import add_taint_mask
 from livefs.kernel.tasks import RunState, Task, TaskKind
 
 from .hostproc import HOST_PROC, host_euid
-from .tree import Attr, Dir, Node, Request, Symlink
+from .tree import Attr, Dir, Node, Request, Symlink, per_object
 
 TASK_COMM_LEN = 16
 
@@ -145,6 +145,7 @@ def _host_file(pid: int, name: str):
     return show
 
 
+@per_object
 def _task_dir(task: Task) -> Dir:
     def stack(req: Request) -> str:
         if not req.capable:  # proc_pid_stack() wants CAP_SYS_ADMIN, whoever owns the file
@@ -184,7 +185,9 @@ def _task_dir(task: Task) -> Dir:
 
 
 def _lookup_pid(req: Request, name: str) -> Node | None:
-    if not name.isdigit():
+    """/proc/<pid> of a process or of any thread (name_to_int(): digits only,
+    no leading zero)."""
+    if not name.isdigit() or name[0] == "0":
         return None
     task = req.kernel.tasks.get(int(name))
     return _task_dir(task) if task is not None else None
@@ -255,4 +258,4 @@ def proc_dir() -> Dir:
             if task.pid == task.tgid:
                 yield str(task.pid), _task_dir(task)
 
-    return Dir(perm=0o555, entries=entries, hidden=_lookup_pid)
+    return Dir(perm=0o555, entries=entries, child=_lookup_pid)

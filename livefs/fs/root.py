@@ -33,14 +33,16 @@ def build_root(mountpoint: str | None = None, host_sys_kernel: str | None = None
     if host_sys_kernel is None and mountpoint is not None:
         host_sys_kernel = os.environ.get(HOST_SYS_KERNEL_ENV) or None
 
+    own: dict[str, Node] = {"debug": debug, "livepatch": livepatch, "tracing": tracing}
+
     def sys_kernel(req: Request) -> Iterable[tuple[str, Node]]:
-        mine = {"debug": debug, "livepatch": livepatch, "tracing": tracing}
+        mine = dict(own)
         mine.update(kernel_object_dirs(req))
         yield from mine.items()
         if host_sys_kernel is not None:
             yield from host_entries(host_sys_kernel, mine)
 
-    kernel = Dir(entries=sys_kernel)
+    kernel = Dir(entries=sys_kernel, child=lambda req, name: own.get(name))
     module = module_dir()
     sys_dir = Dir(entries=lambda req: [("kernel", kernel), ("module", module)])
     proc = proc_dir()

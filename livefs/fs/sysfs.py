@@ -7,7 +7,7 @@ from typing import Iterable
 from livefs.kernel.livepatch import KlpObject, KlpPatch
 from livefs.kernel.modules import Module
 
-from .tree import Attr, Dir, Node, Request
+from .tree import Attr, Dir, Node, Request, per_object
 
 
 def _int_attr(fn, perm: int = 0o444) -> Attr:
@@ -19,6 +19,7 @@ def _func_dirs(obj: KlpObject) -> Iterable[tuple[str, Node]]:
         yield func.sysfs_name, Dir()
 
 
+@per_object
 def _object_dir(obj: KlpObject) -> Dir:
     def entries(req: Request) -> Iterable[tuple[str, Node]]:
         if req.kernel.version.has_object_patched:
@@ -27,6 +28,7 @@ def _object_dir(obj: KlpObject) -> Dir:
     return Dir(entries=entries)
 
 
+@per_object
 def _patch_dir(patch: KlpPatch) -> Dir:
     def entries(req: Request) -> Iterable[tuple[str, Node]]:
         k = req.kernel
@@ -45,7 +47,11 @@ def _patch_dir(patch: KlpPatch) -> Dir:
 
 
 def livepatch_dir() -> Dir:
-    return Dir(entries=lambda req: [(p.name, _patch_dir(p)) for p in req.kernel.livepatch.sysfs_patches])
+    def child(req: Request, name: str) -> Node | None:
+        patch = next((p for p in req.kernel.livepatch.sysfs_patches if p.name == name), None)
+        return None if patch is None else _patch_dir(patch)
+    return Dir(entries=lambda req: [(p.name, _patch_dir(p)) for p in req.kernel.livepatch.sysfs_patches],
+               child=child)
 
 
 def _param_attr(mod: Module, name: str, perm: int) -> Attr:
@@ -54,6 +60,7 @@ def _param_attr(mod: Module, name: str, perm: int) -> Attr:
                 store=(lambda req, data: req.kernel.modules.param_store(mod, name, data)) if writable else None)
 
 
+@per_object
 def _module_dir(mod: Module) -> Dir:
     def entries(req: Request) -> Iterable[tuple[str, Node]]:
         yield "holders", Dir()
@@ -67,7 +74,11 @@ def _module_dir(mod: Module) -> Dir:
 
 
 def module_dir() -> Dir:
-    return Dir(entries=lambda req: [(m.name, _module_dir(m)) for m in req.kernel.modules.modules.values()])
+    def child(req: Request, name: str) -> Node | None:
+        mod = req.kernel.modules.modules.get(name)
+        return None if mod is None else _module_dir(mod)
+    return Dir(entries=lambda req: [(m.name, _module_dir(m)) for m in req.kernel.modules.modules.values()],
+               child=child)
 
 
 def kernel_object_dirs(req: Request) -> Iterable[tuple[str, Node]]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Callable, Iterable, Protocol
+import weakref
+from typing import Any, Callable, Iterable, Protocol, TypeVar
 
 import attrs
 
@@ -203,12 +204,16 @@ class Dir(Node):
     """A directory whose entries are computed per request.
 
     ``entries`` lists what ``ls`` shows; ``lookup`` may resolve names that are
-    not listed (``/proc/<tid>`` for a thread id, as Linux does).
+    not listed (``hidden``: ``/proc/<tid>`` for a thread id, as Linux does).
+    ``child``, where given, finds one name without listing them all (every
+    FUSE request resolves its path, and ``/proc`` lists a directory per
+    task); what it does not find is looked for in the listing.
     """
 
     perm: int = 0o755
     entries: Entries = attrs.field(factory=lambda: (lambda req: ()))
     hidden: Callable[[Request, str], Node | None] | None = None
+    child: Callable[[Request, str], Node | None] | None = None
 
     @property
     def mode(self) -> int:
@@ -218,10 +223,34 @@ class Dir(Node):
         return list(self.entries(req))
 
     def lookup(self, req: Request, name: str) -> Node | None:
+        if self.child is not None:
+            found = self.child(req, name)
+            if found is not None:
+                return found
         for entry, node in self.entries(req):
             if entry == name:
                 return node
         return self.hidden(req, name) if self.hidden else None
+
+
+_T = TypeVar("_T")
+_N = TypeVar("_N", bound=Node)
+
+
+def per_object(build: Callable[[_T], _N]) -> Callable[[_T], _N]:
+    """One node per model object (a task's /proc directory, a patch's sysfs
+    directory) for as long as the object lives, instead of a new one at every
+    lookup: the node reads the object's state when asked, so it never goes
+    stale, and lookups stay cheap on the path every request takes."""
+    made: "weakref.WeakKeyDictionary[Any, _N]" = weakref.WeakKeyDictionary()
+
+    def get(obj: _T) -> _N:
+        node = made.get(obj)
+        if node is None:
+            node = made[obj] = build(obj)
+        return node
+    get.__doc__ = build.__doc__
+    return get
 
 
 def resolve(root: Dir, req: Request, path: str) -> Node | None:

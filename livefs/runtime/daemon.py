@@ -15,9 +15,8 @@ import os
 import sys
 import time
 
-import fuse
-
-from livefs.fs.fuse_ops import LivefsOperations
+from livefs.fs import fuse_session
+from livefs.fs.fuse_ops import MOUNT_OPTIONS, LivefsOperations
 from livefs.fs.root import build_root
 from livefs.kernel.kernel import DEFAULT_CMDLINE, Kernel
 from livefs.kernel.livepatch.consistency import ConsistencyModel
@@ -60,9 +59,7 @@ def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0, cpus: int
     ops = LivefsOperations(build_root(os.path.abspath(mountpoint)), owner)
     try:
         try:
-            fuse.FUSE(ops, mountpoint, foreground=True, nothreads=False, allow_other=os.geteuid() == 0,
-                      direct_io=True, atomic_o_trunc=True, attr_timeout=0, entry_timeout=0,
-                      negative_timeout=0, fsname="livefs", subtype="livefs")
+            fuse_session.run(ops, mountpoint, ops.is_stream, allow_other=os.geteuid() == 0, **MOUNT_OPTIONS)
         except RuntimeError:
             # libfuse has printed why on stderr
             raise MountError(f"{mountpoint}: libfuse could not mount (see above)") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,11 @@ def _daemon_pid(state: Path, mountpoint: Path) -> int | None:
     return pid if ours else None
 
 
+def fusermount() -> str:
+    """libfuse 3's fusermount3, or the plain name (libfuse 2's, or fuse3's link)."""
+    return shutil.which("fusermount3") or "fusermount"
+
+
 def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
     state = _state(mountpoint)
     pid = _daemon_pid(state, mountpoint)
@@ -189,10 +195,10 @@ def stop_daemon(mountpoint: Path, timeout_s: float = 10.0) -> None:
         if _alive(pid) and _daemon_pid(state, mountpoint) == pid:
             os.kill(pid, signal.SIGKILL)
     if is_livefs_mount(mountpoint):
-        rc = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
+        rc = subprocess.run([fusermount(), "-u", str(mountpoint)], capture_output=True, text=True)
         if rc.returncode != 0 and is_livefs_mount(mountpoint):
             # ours, with a dead daemon ("Transport endpoint is not connected"): detach it
-            subprocess.run(["fusermount", "-u", "-z", str(mountpoint)], capture_output=True)
+            subprocess.run([fusermount(), "-u", "-z", str(mountpoint)], capture_output=True)
     _forget(state)
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: still mounted after umount")

@@ -121,20 +121,22 @@ class ModelOwner:
 
     # -- requests ------------------------------------------------------------------
     def syscall(self, pid: int, fn: Callable[[Request], Any], uid: int = 0) -> Any:
-        """Run ``fn`` as a syscall of host process ``pid`` (a FUSE request)."""
+        """Run ``fn`` as a syscall of host process ``pid`` (a FUSE request).
+        This is every request's path, so it does no more than it must."""
         info = host_process_info(pid) if pid not in self._known else None
-        k = self.kernel
         with self.lock:
+            k = self.kernel
             self._sync_clock()
             before = k.wq.next_deadline()
             task = k.tasks.get(pid)
             if info is not None or task is None:
                 task = k.task_for(pid, *(info or host_process_info(pid)))
                 self._known.add(pid)
+            entered = k.syscall_enter(task)
             try:
-                with k.syscall(task):
-                    return fn(Request(k, task, uid))
+                return fn(Request(k, task, uid))
             finally:
+                k.syscall_exit(task, entered)
                 if k.reboot_requested and self._reboot is not None:
                     self._boot(self._reboot())
                 if self.kernel.wq.next_deadline() != before and self._token is not None:

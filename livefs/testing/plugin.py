@@ -43,8 +43,8 @@ def fuse_problem() -> str | None:
     problem = fuse_device_problem()
     if problem:
         return problem
-    if os.geteuid() != 0 and shutil.which("fusermount") is None:
-        return "fusermount is not installed (Debian: apt-get install fuse)"
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
+        return "fusermount3 is not installed (Debian: apt-get install fuse3)"
     return None
 
 
