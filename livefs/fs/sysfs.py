@@ -7,7 +7,7 @@ from typing import Iterable
 from livefs.kernel.livepatch import KlpObject, KlpPatch
 from livefs.kernel.modules import Module
 
-from .tree import Attr, Dir, Node, Request, per_object
+from .tree import Attr, Dir, FixedDir, Node, Request, per_object
 
 
 def _int_attr(fn, perm: int = 0o444) -> Attr:
@@ -25,7 +25,7 @@ def _object_dir(obj: KlpObject) -> Dir:
         if req.kernel.version.has_object_patched:
             yield "patched", _int_attr(lambda r: obj.patched)
         yield from _func_dirs(obj)
-    return Dir(entries=entries)
+    return FixedDir(build=entries)
 
 
 @per_object
@@ -43,7 +43,7 @@ def _patch_dir(patch: KlpPatch) -> Dir:
             yield "stack_order", _int_attr(lambda r: lp.stack_order(patch))
         for obj in patch.objs:
             yield obj.sysfs_name, _object_dir(obj)
-    return Dir(entries=entries)
+    return FixedDir(build=entries)
 
 
 def livepatch_dir() -> Dir:
@@ -63,13 +63,42 @@ def _param_attr(mod: Module, name: str, perm: int) -> Attr:
 @per_object
 def _module_dir(mod: Module) -> Dir:
     def entries(req: Request) -> Iterable[tuple[str, Node]]:
+        # kernel/module/sysfs.c and main.c (modinfo_attrs): the directories,
+        # then the attributes; a module without MODULE_VERSION has no version
+        # or srcversion (Debian's 6.12 has no CONFIG_MODULE_SRCVERSION_ALL)
+        yield "coresize", Attr(show=lambda r: f"{mod.coresize}\n")
         yield "holders", Dir()
+        yield "initsize", Attr(show=lambda r: f"{mod.initsize}\n")
         yield "initstate", Attr(show=lambda r: f"{mod.state.value}\n")
+        yield "notes", _notes_dir(mod)
         visible = [(n, pv.decl.perm) for n, pv in mod.params.items() if pv.decl.perm]
         if visible:
             yield "parameters", Dir(entries=lambda r: [(n, _param_attr(mod, n, p)) for n, p in visible])
         yield "refcnt", Attr(show=lambda r: f"{mod.refcnt}\n")
+        yield "sections", _sections_dir(mod)
         yield "taint", Attr(show=lambda r: f"{mod.taint_letters}\n")
+        yield "uevent", Attr(perm=0o200, store=lambda r, data: r.kernel.modules.synth_uevent(mod, data))
+    return Dir(entries=entries)
+
+
+MODULE_SECT_READ_SIZE = 3 + 2 * 8  # "0x" + 16 hex digits + "\n"
+
+
+def _sections_dir(mod: Module) -> Dir:
+    """module_sect_attrs: 0400 binary attributes, the section's address
+    for a reader kallsyms_show_value() lets see it, zeros for others."""
+    def entries(req: Request) -> Iterable[tuple[str, Node]]:
+        for name, addr in mod.sections().items():
+            yield name, Attr(perm=0o400, st_size=MODULE_SECT_READ_SIZE,
+                             show=lambda r, a=addr: f"0x{a if r.capable else 0:016x}\n")
+    return Dir(entries=entries)
+
+
+def _notes_dir(mod: Module) -> Dir:
+    """module_notes_attrs: each SHT_NOTE section as a 0444 binary attribute of its size."""
+    def entries(req: Request) -> Iterable[tuple[str, Node]]:
+        for name, data in mod.notes(req.kernel.utsname.release).items():
+            yield name, Attr(perm=0o444, st_size=len(data), show=lambda r, d=data: d)
     return Dir(entries=entries)
 
 

@@ -233,6 +233,31 @@ class Dir(Node):
         return self.hidden(req, name) if self.hidden else None
 
 
+@attrs.define(eq=False)
+class FixedDir(Dir):
+    """A directory whose entries, once made, never change for as long as the
+    directory lives (a patch's attributes and objects: what they are depends
+    on the kernel version and the patch, both fixed), so they are made at the
+    first request and looked up by name after that."""
+
+    build: Entries = attrs.field(factory=lambda: (lambda req: ()))
+    _items: list[tuple[str, Node]] | None = None
+    _index: dict[str, Node] = attrs.field(factory=dict)
+
+    def _made(self, req: Request) -> list[tuple[str, Node]]:
+        if self._items is None:
+            self._items = list(self.build(req))
+            self._index = dict(self._items)
+        return self._items
+
+    def listing(self, req: Request) -> list[tuple[str, Node]]:
+        return list(self._made(req))
+
+    def lookup(self, req: Request, name: str) -> Node | None:
+        self._made(req)
+        return self._index.get(name)
+
+
 _T = TypeVar("_T")
 _N = TypeVar("_N", bound=Node)
 
