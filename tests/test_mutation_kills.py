@@ -497,3 +497,25 @@ def test_the_kobject_prefix_arrives_in_6_4():
     ret, log = _load(k, ModuleDef(name="lf_mk_dup", description="dup", livepatch=True, init=_init_enabling(DUP)))
     assert ret == -errno.EEXIST
     assert _dump(log)[-1].startswith("kobject: kobject_add_internal failed for")
+
+
+def test_kgraft_switches_user_kthread_and_idle_tasks_in_the_attempt_that_completes(k):
+    """kGraft model: after a reversal every task but the blocker is pending again; one retry of the
+    transition work switches them all (a task in user space, kthreads at the top of their loops, the
+    idle task) and completes.  ``livefs status`` meanwhile says the task in user space is blocked by
+    nothing."""
+    from livefs.kernel.livepatch.consistency import ConsistencyModel
+    from livefs.kernel.livepatch.status import status_data
+
+    k.livepatch.model = ConsistencyModel.KGRAFT
+    systemd = next(t for t in k.tasks.for_each_process_thread() if t.comm == "systemd")
+    k.sched.wake(systemd)  # back in user space
+    blocker = _blocker(k, CMDLINE)
+    assert _load(k, _lp("lf_mk_kg", [_vmlinux("lf_mk_kg", CMDLINE)]))[0] == 0
+    assert k.livepatch.transition_patch is not None
+    assert _write(k, "lf_mk_kg", "enabled", b"0") == 0  # reverse: everyone but the blocker is pending
+    pending = {t["comm"]: t["blocked_by"] for t in status_data(k)["transition"]["pending"]}
+    assert pending["systemd"] is None and "blocker" not in pending
+    assert k.run_until(k.wq.next_deadline()) >= 1  # the next retry of the transition work
+    assert k.livepatch.find_sysfs_patch("lf_mk_kg") is None  # unpatched in that one attempt, and freed
+    k.sched.wake(blocker)
