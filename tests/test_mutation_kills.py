@@ -519,3 +519,23 @@ def test_kgraft_switches_user_kthread_and_idle_tasks_in_the_attempt_that_complet
     assert k.run_until(k.wq.next_deadline()) >= 1  # the next retry of the transition work
     assert k.livepatch.find_sysfs_patch("lf_mk_kg") is None  # unpatched in that one attempt, and freed
     k.sched.wake(blocker)
+
+
+def test_kpatch_looks_at_every_stack_past_tasks_already_at_the_target(k):
+    """kpatch model: a task born switched mid-transition does not end the scan; one staged after it
+    into the old code still holds the all-at-once switch."""
+    from livefs.kernel.livepatch.consistency import ConsistencyModel
+
+    k.livepatch.model = ConsistencyModel.KPATCH
+    first_blocker = _blocker(k, CMDLINE)
+    assert _load(k, _lp("lf_mk_kp", [_vmlinux("lf_mk_kp", CMDLINE)]))[0] == 0
+    assert k.livepatch.transition_patch is not None
+    born = k.sched.spawn(TaskKind.KTHREAD, "born", None)
+    assert born.patch_state == KLP_PATCHED  # born switched
+    late = _blocker(k, CMDLINE, comm="late")
+    k.sched.wake(first_blocker)
+    k.run_until(k.wq.next_deadline())
+    assert k.livepatch.transition_patch is not None and late.patch_state == KLP_UNPATCHED
+    k.sched.wake(late)
+    k.settle()
+    assert k.livepatch.transition_patch is None
