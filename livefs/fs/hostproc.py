@@ -28,12 +28,18 @@ PLAIN_LINKS = ("exe", "cwd", "root")
 
 
 def host_process_info(pid: int) -> tuple[str, int, int]:
-    """(comm, ppid, tgid) of a host process, from /proc; blanks if it is gone."""
+    """(comm, ppid, tgid) of a host process, from /proc; blanks if it is gone.
+    Every new process that touches the mount pays for this once, so a
+    single-threaded one (num_threads 1: it is its own thread group) costs
+    one read; only a thread of a bigger group has its status read for Tgid."""
     try:
         with open(f"{HOST_PROC}/{pid}/stat", "rb") as f:
             raw = f.read().decode("utf-8", "replace")
         comm = raw[raw.index("(") + 1:raw.rindex(")")]
-        ppid = int(raw[raw.rindex(")") + 2:].split()[1])
+        fields = raw[raw.rindex(")") + 2:].split()
+        ppid = int(fields[1])
+        if int(fields[17]) == 1:  # num_threads
+            return comm, ppid, pid
         tgid = pid
         with open(f"{HOST_PROC}/{pid}/status", "rb") as f:
             for line in f:
@@ -46,16 +52,13 @@ def host_process_info(pid: int) -> tuple[str, int, int]:
 
 
 def host_euid(pid: int) -> int:
-    """The effective uid of a host process (procfs gives /proc/<pid> files to
-    it); root's for a model task or a process that is gone."""
+    """The owner procfs gives a host process's /proc/<pid> files (its euid,
+    or root's when it is not dumpable): the owner of the host's own
+    /proc/<pid>; root's for a model task or a process that is gone."""
     try:
-        with open(f"{HOST_PROC}/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[2])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        return os.stat(f"{HOST_PROC}/{pid}").st_uid
+    except OSError:
+        return 0
 
 
 def host_dmesg_restrict() -> bool:

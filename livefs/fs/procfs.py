@@ -164,7 +164,7 @@ def _task_dir(task: Task) -> Dir:
         return 0
 
     def owner(req: Request) -> int:  # procfs: the process's files are its own
-        return host_euid(task.pid)
+        return host_euid(task.pid) if task.external else 0  # a model task is the kernel's
 
     files: list[tuple[str, Node]] = [
         ("comm", Attr(perm=0o644, st_size=0, show=lambda req: f"{task.comm}\n", store=comm_write, owner=owner)),
