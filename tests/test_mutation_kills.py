@@ -351,11 +351,12 @@ def test_staging_keeps_tasks_consistent_with_the_code_they_are_put_in(k):
     """A task put into code the transition takes away is pending in the initial state; one put into
     the code it brings has switched -- both when patching and when unpatching."""
     blocker = _blocker(k, CMDLINE)
+    moved = k.sched.spawn(TaskKind.KTHREAD, "moved", _fn(k, CMDLINE))  # held too, until moved
     assert _load(k, _lp("lf_mk_stage", [_vmlinux("lf_mk_stage", CMDLINE)]))[0] == 0
     new_code = next(iter(k.symbols.functions("lf_mk_stage")))
     old = k.sched.spawn(TaskKind.KTHREAD, "in_old", _fn(k, CMDLINE))
     assert (old.patch_state, old.patch_pending) == (KLP_UNPATCHED, True)
-    moved = k.sched.spawn(TaskKind.KTHREAD, "moved", None)
+    assert (moved.patch_state, moved.patch_pending) == (KLP_UNPATCHED, True)
     k.sched.sleep(moved, new_code)
     assert (moved.patch_state, moved.patch_pending) == (KLP_PATCHED, False)
     for t in (blocker, old, moved):
@@ -367,10 +368,10 @@ def test_staging_keeps_tasks_consistent_with_the_code_they_are_put_in(k):
     assert k.livepatch.transition_patch is not None
     inner = k.sched.spawn(TaskKind.KTHREAD, "in_new", new_code)
     assert (inner.patch_state, inner.patch_pending) == (KLP_PATCHED, True)
-    back = k.sched.spawn(TaskKind.KTHREAD, "back", None)
+    back = held  # held in the patch's code, then moved into the original
     k.sched.sleep(back, _fn(k, CMDLINE))
     assert (back.patch_state, back.patch_pending) == (KLP_UNPATCHED, False)
-    for t in (held, inner, back):
+    for t in (held, inner):
         k.sched.wake(t)
     k.settle()
     assert k.livepatch.find_sysfs_patch("lf_mk_stage") is None
