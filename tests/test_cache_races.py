@@ -24,7 +24,8 @@ set -u
 M=$1 MODS=$2
 lp=$M/sys/kernel/livepatch/test_klp_livepatch
 mod=$M/sys/module/test_klp_livepatch
-fail() { echo "FAIL round $r: $*"; kill $(jobs -p) 2>/dev/null; exit 1; }
+fail() { echo "FAIL round $r: $*"; exit 1; }
+trap 'kill $(jobs -p) 2>/dev/null' EXIT
 hammer() {
 	while :; do
 		[[ -e $lp ]]; stat $lp/vmlinux $mod/refcnt >/dev/null 2>&1
@@ -52,8 +53,6 @@ for ((r = 1; r <= @ROUNDS@; r++)); do
 	stat $mod/refcnt 2>/dev/null && fail "refcnt could be stat'ed"
 	[[ $(cat $M/proc/cmdline) == *"live patched"* ]] && fail "still patched"
 done
-kill $(jobs -p)
-wait 2>/dev/null
 echo "rounds: @ROUNDS@"
 """
 

@@ -10,6 +10,8 @@ makes a pytest test of it.
 
 from __future__ import annotations
 
+import stat
+
 import errno
 
 from hypothesis import event, note, strategies as st, target
@@ -421,19 +423,29 @@ class LivepatchMachine(RuleBasedStateMachine):
 
     @invariant()
     def sysfs_tree_equals_model(self) -> None:
+        """Names, modes and values of every patch's sysfs files, against the
+        model's own state and the kernel's fixed modes (core.c's attributes)."""
         lp = self.k.livepatch
         req = Request(self.k, self.shell)
         top = resolve(self.root, req, "sys/kernel/livepatch")
-        assert isinstance(top, Dir)
+        assert isinstance(top, Dir) and top.mode == stat.S_IFDIR | 0o755
         assert [n for n, _ in top.listing(req)] == [p.name for p in lp.sysfs_patches]
         for p in lp.sysfs_patches:
-            for attr, value in (("enabled", p.enabled), ("transition", p is lp.transition_patch),
-                                ("replace", p.replace)):
-                node = resolve(self.root, req, f"sys/kernel/livepatch/{p.name}/{attr}")
-                assert isinstance(node, Attr) and node.show(req) == f"{int(value)}\n"
+            pdir = top.lookup(req, p.name)
+            assert isinstance(pdir, Dir) and pdir.mode == stat.S_IFDIR | 0o755
+            force = pdir.lookup(req, "force")
+            assert isinstance(force, Attr) and force.mode == stat.S_IFREG | 0o200
+            for attr, value, perm in (("enabled", p.enabled, 0o644), ("transition", p is lp.transition_patch, 0o444),
+                                      ("replace", p.replace, 0o444)):
+                node = pdir.lookup(req, attr)
+                assert isinstance(node, Attr) and node.mode == stat.S_IFREG | perm, (attr, node)
+                assert node.show(req) == f"{int(value)}\n"
             for o in p.objs:
-                node = resolve(self.root, req, f"sys/kernel/livepatch/{p.name}/{o.sysfs_name}/patched")
-                assert isinstance(node, Attr) and node.show(req) == f"{int(o.patched)}\n"
+                odir = pdir.lookup(req, o.sysfs_name)
+                assert isinstance(odir, Dir) and odir.mode == stat.S_IFDIR | 0o755
+                node = odir.lookup(req, "patched")
+                assert isinstance(node, Attr) and node.mode == stat.S_IFREG | 0o444
+                assert node.show(req) == f"{int(o.patched)}\n"
 
     @invariant()
     def refcnt_rules(self) -> None:
