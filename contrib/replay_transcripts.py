@@ -181,7 +181,8 @@ def _timestamps(lines: list[str]) -> list[str]:
     out = []
     for ln in lines:
         ln = re.sub(r"^\[ *[0-9]+\.[0-9]+\] ", "[<time>] ", ln)
-        ln = re.sub(r"\b[A-Z][a-z]{2} [ 0-9]\d (\d\d:\d\d|\d{4}) ", "<date> ", ln)
+        # (a day of one digit is padded by ls, unless a scenario squeezed the blanks)
+        ln = re.sub(r"\b[A-Z][a-z]{2} (?:[ 0-9]\d|\d) (\d\d:\d\d|\d{4}) ", "<date> ", ln)
         out.append(ln)
     return out
 
@@ -235,7 +236,11 @@ def _dump_stack_identity(lines: list[str]) -> list[str]:
     the syscall, each frame's offset/size inside this particular kernel
     build, and the ``? func`` guesses: stale return addresses left on that
     stack by whatever ran before.  The reliable frames' names stay.  The
-    same in the body's ``dmesg|`` lines and in the full dmesg."""
+    same in the body's ``dmesg|`` lines and in the full dmesg.  A
+    /proc/PID/stack line (``[<0>] func+0xOFF/0xSIZE``) keeps its offsets:
+    it shows a model task (a host process's is the host kernel's, which no
+    scenario reads), and the model gives the offsets and sizes of the very
+    build the recordings come from."""
     out = []
     for ln in lines:
         if re.match(rf"^{_LOG}? \? ", ln):
@@ -244,7 +249,7 @@ def _dump_stack_identity(lines: list[str]) -> list[str]:
             ln = _REGISTER_LINE.match(ln).group(0) + "<registers>"
         elif "Hardware name: " in ln:
             ln = ln.split("Hardware name: ")[0] + "Hardware name: <hardware>"
-        else:
+        elif not ln.startswith("  [<0>] "):
             ln = re.sub(r"\bCPU: \d+ UID: \d+ PID: \d+ ", "CPU: <cpu> UID: 0 PID: <pid> ", ln)
             ln = re.sub(r"\+0x[0-9a-f]+/0x[0-9a-f]+\b", "+<off>/<size>", ln)
             ln = re.sub(r"(Tainted: .*?)\s+\S+ #\d+ .*$", r"\1 <release and build>", ln)

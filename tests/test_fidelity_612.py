@@ -181,6 +181,123 @@ def test_model_kthreads_pids_are_below_the_pid_max_livefs_run_shows(require_fuse
     assert pids and all(0 < pid < pid_max for pid in pids), r.stdout
 
 
+# -- /proc/<pid>/stack (stack_trace_save_tsk()) -------------------------------------------------
+
+# as Debian's 6.12.95 printed them (tests/transcripts/6.12/internals.txt, and a
+# recording of the boot kthreads' stacks)
+KTHREAD_BOTTOM = ["[<0>] kthread+0xd2/0x100", "[<0>] ret_from_fork+0x34/0x50", "[<0>] ret_from_fork_asm+0x1a/0x30"]
+
+
+def test_proc_stack_of_a_module_kthread_has_real_offsets_and_the_fork_frames(machine):
+    k = machine.k
+    assert machine.insmod("lp_busy_target", "hold_max_ms=60000") == 0
+    k.run_until(k.clock.now_ns + 500_000_000)
+    worker = next(t for t in k.tasks.tasks.values() if t.comm == "lp_busy_worker")
+    assert _proc_file(k, worker.pid, "stack").decode().splitlines() == [
+        "[<0>] msleep+0x2b/0x40", "[<0>] lp_busy_target_wait+0x49/0x80 [lp_busy_target]",
+        "[<0>] worker_fn+0x22/0x40 [lp_busy_target]"] + KTHREAD_BOTTOM
+    # asleep in lp_busy's replacement: worker_fn's call site is the same one
+    k.modules.get("lp_busy_target").params["hold"].value = False
+    k.run_until(k.clock.now_ns + 200_000_000)
+    assert machine.insmod("lp_busy", "hold=1") == 0
+    k.modules.get("lp_busy_target").params["hold"].value = True
+    k.run_until(k.clock.now_ns + 500_000_000)
+    assert _proc_file(k, worker.pid, "stack").decode().splitlines() == [
+        "[<0>] msleep+0x2b/0x40", "[<0>] new_wait+0x49/0x90 [lp_busy]",
+        "[<0>] worker_fn+0x22/0x40 [lp_busy_target]"] + KTHREAD_BOTTOM
+
+
+def test_proc_stack_of_the_boot_kthreads(machine):
+    k = machine.k
+    stacks = {t.comm: _proc_file(k, t.pid, "stack").decode().splitlines() for t in k.tasks.tasks.values()
+              if t.pid > 1}
+    assert stacks["kthreadd"] == ["[<0>] kthreadd+0x2d3/0x2f0"] + KTHREAD_BOTTOM[1:]
+    assert stacks["ksoftirqd/0"] == stacks["migration/0"] == ["[<0>] smpboot_thread_fn+0x14c/0x1d0"] + KTHREAD_BOTTOM
+    assert stacks["rcu_preempt"] == ["[<0>] rcu_gp_fqs_loop+0x140/0x530",
+                                     "[<0>] rcu_gp_kthread+0xd7/0x190"] + KTHREAD_BOTTOM
+    # the scheduler's own frames are left out (a call site nobody recorded shows +0x0)
+    for comm, lines in stacks.items():
+        assert all(re.fullmatch(r"\[<0>\] \w+\+0x[0-9a-f]+/0x[0-9a-f]+( \[\w+\])?", ln) for ln in lines), lines
+        assert not any(ln.startswith("[<0>] schedule+") for ln in lines), comm
+
+
+def test_proc_stack_of_a_task_in_a_syscall_starts_at_the_syscall_entry(machine):
+    from livefs.kernel.tasks import TaskKind
+    k = machine.k
+    user = k.sched.spawn(TaskKind.USER, "bob", None)
+    with k.syscall(user):
+        with k.in_function("vmlinux", "ksys_read"):
+            with k.in_function("vmlinux", "vfs_read"):
+                lines = _proc_file(k, user.pid, "stack").decode().splitlines()
+    assert lines == ["[<0>] vfs_read+" + lines[0].split("+")[1], "[<0>] ksys_read+0x6f/0xf0",
+                     "[<0>] do_syscall_64+0x87/0x1b0", "[<0>] entry_SYSCALL_64_after_hwframe+0x76/0x7e"]
+
+
+# -- /sys/module/<m> (kernel/module/sysfs.c, main.c modinfo_attrs) -----------------------------
+
+# what 6.12 lists for lp_busy_target (tests/transcripts/6.12/internals.txt)
+SECTIONS_612 = [".bss", ".call_sites", ".data", ".exit.data", ".exit.text", ".gnu.linkonce.this_module",
+                ".ibt_endbr_seal", ".init.data", ".init.text", ".note.Linux", ".note.gnu.build-id",
+                ".note.gnu.property", ".orc_header", ".orc_unwind", ".orc_unwind_ip", ".return_sites", ".rodata",
+                ".rodata.str1.1", ".rodata.str1.8", ".strtab", ".symtab", ".text", "__mcount_loc", "__param",
+                "__patchable_function_entries"]
+
+
+def _sysfs(k, path: str):
+    from livefs.fs.root import build_root
+    from livefs.fs.tree import Request, resolve
+    req = Request(k, k.tasks.get(1))
+    return req, resolve(build_root(), req, path)
+
+
+def test_sys_module_has_the_kernels_attributes_notes_and_sections(machine):
+    from livefs.fs.tree import nlink
+    k = machine.k
+    assert machine.insmod("lp_busy_target", "hold_max_ms=60000") == 0
+    req, d = _sysfs(k, "sys/module/lp_busy_target")
+    listing = dict(d.listing(req))
+    assert sorted(listing) == ["coresize", "holders", "initsize", "initstate", "notes", "parameters", "refcnt",
+                               "sections", "taint", "uevent"]
+    assert (listing["uevent"].perm, listing["coresize"].perm) == (0o200, 0o444)
+    assert nlink(d, req) == 6  # holders, notes, parameters, sections: parameters/.. as 6.12 shows it
+
+    def read(name: str) -> bytes:
+        return listing[name].open(req, os.O_RDONLY).read(req, 4096, 0)
+
+    assert (read("coresize"), read("initsize")) == (b"12288\n", b"0\n")
+    notes = dict(listing["notes"].listing(req))
+    assert {n: (a.perm, a.size()) for n, a in notes.items()} == {
+        ".note.Linux": (0o444, 64), ".note.gnu.build-id": (0o444, 36), ".note.gnu.property": (0o444, 32)}
+    sections = dict(listing["sections"].listing(req))
+    assert sorted(sections) == SECTIONS_612
+    assert all((a.perm, a.size()) == (0o400, 19) for a in sections.values())
+    text = sections[".text"].open(req, os.O_RDONLY).read(req, 4096, 0)
+    assert text == f"0x{k.modules.get('lp_busy_target').base:016x}\n".encode()
+    # a livepatch module: no .ibt_endbr_seal (its functions are all address-taken), two pages of data
+    assert machine.insmod("lp_busy") == 0
+    req, d = _sysfs(k, "sys/module/lp_busy")
+    listing = dict(d.listing(req))
+    assert sorted(dict(listing["sections"].listing(req))) == [s for s in SECTIONS_612 if s != ".ibt_endbr_seal"]
+    assert read("coresize") == b"16384\n"
+
+
+@pytest.mark.parametrize("data,ret,warning", [
+    (b"add\n", 4, None), (b"change", 6, None), (b"", 0, None),
+    (b"bogus\n", -errno.EINVAL, "unknown uevent action string"),
+    (b"\n", -errno.EINVAL, "unknown uevent action string"),
+    (b"add 12345678-1234-1234-1234-123456789abc KEY=v\n", 47, None),
+    (b"add not-a-uuid\n", -errno.EINVAL, "incorrect uevent action arguments"),
+])
+def test_sys_module_uevent_synthesizes_as_kobject_synth_uevent(machine, data, ret, warning):
+    k = machine.k
+    assert machine.insmod("lp_busy_target") == 0
+    before = len(k.printk.records)
+    req, node = _sysfs(k, "sys/module/lp_busy_target/uevent")
+    assert node.open(req, os.O_WRONLY).write(req, data) == ret
+    new = [r.text for r in list(k.printk.records)[before:]]
+    assert new == ([f"synth uevent: /module/lp_busy_target: {warning}"] if warning else [])
+
+
 # -- /proc/kallsyms ----------------------------------------------------------------------------
 
 def _kallsyms(k) -> list[tuple[int, str, str]]:

@@ -151,9 +151,12 @@ lp_busy_target = ModuleDef(
     description="oracle: target module with a function a kthread sleeps in",
     params=[Param("hold", "bool", True, 0o644, "keep the worker sleeping inside lp_busy_target_wait()"),
             Param("hold_max_ms", "uint", 600000, 0o644, "upper bound of one sleep in lp_busy_target_wait()")],
-    functions=[Function("lp_busy_target_wait", _lp_busy_target_wait),
+    # sizes and call sites of the real .ko's functions (6.12 /proc/PID/stack of
+    # the worker): worker_fn's call of lp_busy_target_wait (or its replacement),
+    # lp_busy_target_wait's msleep(100)
+    functions=[Function("lp_busy_target_wait", _lp_busy_target_wait, size=0x80, calls={"msleep": 0x49}),
                Function("lp_busy_target_msg", _lp_busy_target_msg),
-               Function("worker_fn", _worker_fn),
+               Function("worker_fn", _worker_fn, calls={"*": 0x22}),
                Function("target_proc_show", _target_proc_show)],
     init=_target_init,
     exit=_target_exit,
@@ -185,7 +188,7 @@ lp_busy = ModuleDef(
                   "keep callers sleeping inside the patched lp_busy_target_wait()"),
             Param("hold_max_ms", "uint", 600000, 0o644)],
     patch=Patch(objs=[Object("lp_busy_target", [
-        Func("lp_busy_target_wait", _new_wait, new_name="new_wait"),
+        Func("lp_busy_target_wait", _new_wait, new_name="new_wait", size=0x90, calls={"msleep": 0x49}),
         Func("lp_busy_target_msg", _new_msg, new_name="new_msg")])]),
     exit=lambda ctx: None,
 )

@@ -8,6 +8,7 @@ from typing import Iterable
 
 from livefs.kernel.modules import ModuleState
 from livefs.kernel.panic import add_taint_mask
+from livefs.kernel.symbols import stack_trace
 from livefs.kernel.tasks import RunState, Task, TaskKind
 
 from .hostproc import HOST_PROC, host_euid
@@ -150,8 +151,7 @@ def _task_dir(task: Task) -> Dir:
     def stack(req: Request) -> str:
         if not req.capable:  # proc_pid_stack() wants CAP_SYS_ADMIN, whoever owns the file
             raise OSError(errno.EACCES, "stack")
-        return "".join(f"[<0>] {f.name}+0x0/0x{f.size:x}{'' if f.obj == 'vmlinux' else f' [{f.obj}]'}\n"
-                       for f in reversed(task.stack))
+        return "".join(f"[<0>] {frame}\n" for frame in stack_trace(task.stack, task.kind is TaskKind.KTHREAD))
 
     def comm_write(req: Request, data: bytes) -> int:
         """comm_write(): a process may rename its own threads only; the name is

@@ -24,7 +24,7 @@ from .livepatch.transition import klp_copy_process, klp_new_task, klp_task_exit,
 from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
 from .printk import KERN_ERR, KERN_NOTICE, DynamicDebug, Printk
-from .symbols import VMLINUX, KFunc, SymbolTable
+from .symbols import VMLINUX, VMLINUX_SIZES, KFunc, SymbolTable
 from .kprobes import Kprobes
 from .livepatch.shadow import ShadowTable
 from .sched import Scheduler
@@ -216,7 +216,7 @@ class Kernel:
         # start_kernel(): pr_notice("%s", linux_banner), the first record of the log, at time 0
         self.printk.log(KERN_NOTICE, self.linux_banner.rstrip("\n"), ts_ns=0)
         for name in _SCHED_FUNCS:
-            self.symbols.add(KFunc(name, static=name in _STATIC_FUNCS))
+            self.symbols.add(KFunc(name, static=name in _STATIC_FUNCS, size=VMLINUX_SIZES.get(name, 0x40)))
         self.symbols.add(KFunc("cmdline_proc_show", body=_cmdline_proc_show, static=True))
         self.symbols.add(KFunc("meminfo_proc_show", body=_meminfo_proc_show, static=True))
         self.symbols.add(KFunc("version_proc_show", body=_version_proc_show, static=True))
@@ -233,9 +233,9 @@ class Kernel:
         init.stack = [f("do_syscall_64"), f("__x64_sys_epoll_wait"), f("do_epoll_wait"), f("ep_poll"),
                       f("schedule")]
         self.tasks.add(init)
-        self.tasks.add(Task(2, "kthreadd", TaskKind.KTHREAD, ppid=0,
-                            stack=[f("kthread"), f("kthreadd"), f("schedule")]))
-        self.tasks.add(Task(3, "rcu_gp", TaskKind.KTHREAD, ppid=2,
+        # kthreadd is kernel_thread()'s child of rest_init(), not one of kthread()'s
+        self.tasks.add(Task(2, "kthreadd", TaskKind.KTHREAD, ppid=0, stack=[f("kthreadd"), f("schedule")]))
+        self.tasks.add(Task(3, "rcu_preempt", TaskKind.KTHREAD, ppid=2,
                             stack=[f("kthread"), f("rcu_gp_kthread"), f("schedule")]))
         pid = 4
         for cpu in range(self.ncpus):

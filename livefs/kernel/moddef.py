@@ -44,6 +44,9 @@ class Function:
     notrace: bool = False
     size: int = 0x40
     static_branches: list[str] = attrs.field(factory=list)  # keys its body tests
+    # return offsets of its call sites by callee name ("*": any), as stack
+    # traces show its frame (name+0xOFFSET/0xSIZE); undeclared: a stand-in
+    calls: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -59,6 +62,8 @@ class Func:
     new_name: str = ""
     old_sympos: int = 0
     static_branches: list[str] = attrs.field(factory=list)  # keys the replacement tests
+    size: int = 0x40  # of the replacement function, as for Function
+    calls: dict[str, int] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if not self.new_name:
@@ -152,18 +157,67 @@ PAGE_SIZE = 4096
 
 
 def module_size(defn: ModuleDef) -> int:
-    """module_total_size() once init memory is freed: each module memory type
-    page-aligned (module_memory_alloc()).  The text holds the declared
-    functions, the replacement functions of a declared patch and the exit
-    function; a small module also has one page each of data (struct module
-    itself), rodata and ro_after_init -- four pages in all, as lsmod shows
-    for the oracle's lp_busy (16384) on 6.12.  A declared ``size`` wins."""
+    """module_total_size() once init memory is freed, as lsmod and
+    /sys/module/M/coresize show it: each module memory type page-aligned
+    (module_memory_alloc()).  The text holds the declared functions, the
+    replacement functions of a declared patch and the exit function; core
+    data holds struct module, the module's data and its core symbol table --
+    one page for a small module, two for a livepatch module, which keeps its
+    whole symbol table (klp relocations need it); rodata one page.  6.12
+    shows lp_busy_target 12288 and lp_busy 16384.  A declared ``size`` wins."""
     if defn.size is not None:
         return defn.size
     text = sum(f.size for f in defn.functions) + (0x40 if defn.exit is not None else 0)
     if isinstance(defn.patch, Patch):
-        text += 0x40 * sum(len(o.funcs) for o in defn.patch.objs)
-    return (max(1, -(-text // PAGE_SIZE)) + 3) * PAGE_SIZE
+        text += sum(f.size for o in defn.patch.objs for f in o.funcs)
+    data = 2 if defn.livepatch else 1
+    return (max(1, -(-text // PAGE_SIZE)) + data + 1) * PAGE_SIZE
+
+
+def module_init_size(defn: ModuleDef) -> int:
+    """The init memory types while the module is coming (init text and its
+    data, a page each); do_init_module() frees them and zeroes the sizes."""
+    has_init = defn.init is not None or defn.patch is not None
+    return 2 * PAGE_SIZE if has_init else 0
+
+
+# Sections of a module built by kbuild for x86_64 6.12 (Debian's toolchain)
+# that module_sect_attrs lists (SHF_ALLOC, non-empty), in ELF order
+def module_sections(defn: ModuleDef) -> list[str]:
+    has_init = defn.init is not None or defn.patch is not None
+    names = [".note.gnu.property", ".note.gnu.build-id", ".note.Linux", ".text"]
+    names += [".init.text"] if has_init else []
+    names += [".exit.text"] if defn.exit is not None else []
+    names += [".call_sites", ".return_sites"]
+    names += [".ibt_endbr_seal"] if defn.functions else []  # functions called only directly
+    names += ["__mcount_loc", ".rodata", ".rodata.str1.8", ".rodata.str1.1"]
+    names += ["__param"] if defn.params else []
+    names += [".orc_header", ".orc_unwind_ip", ".orc_unwind", "__patchable_function_entries"]
+    names += [".init.data"] if has_init else []
+    names += [".exit.data"] if defn.exit is not None else []
+    names += [".data", ".gnu.linkonce.this_module", ".bss", ".symtab", ".strtab"]
+    return names
+
+
+def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
+    def pad(b: bytes) -> bytes:
+        return b + b"\0" * (-len(b) % 4)
+    return (len(name).to_bytes(4, "little") + len(desc).to_bytes(4, "little") + ntype.to_bytes(4, "little")
+            + pad(name) + pad(desc))
+
+
+def module_notes(defn: ModuleDef, release: str) -> dict[str, bytes]:
+    """The SHT_NOTE sections /sys/module/M/notes/ serves: the x86 feature
+    property (IBT, SHSTK), a build id (here: of the module's name) and
+    Linux's notes (the build salt, CONFIG_BUILD_SALT = the release on
+    Debian, and LTO info: none).  Sizes 32, 36 and 64 as 6.12 shows them."""
+    import hashlib
+    prop = (0xC0000002).to_bytes(4, "little") + (4).to_bytes(4, "little") + (3).to_bytes(4, "little") + bytes(4)
+    build_id = hashlib.sha1(defn.name.encode()).digest()
+    salt = (release.encode() + b"\0")[:20].ljust(20, b"\0")
+    linux = _note(b"Linux\0", 0x100, salt) + _note(b"Linux\0", 0x101, bytes(4))
+    return {".note.gnu.property": _note(b"GNU\0", 5, prop), ".note.gnu.build-id": _note(b"GNU\0", 3, build_id),
+            ".note.Linux": linux}
 
 
 _IDENT_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")

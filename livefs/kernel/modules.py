@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .moddef import ModuleDef, Patch, module_size, validate, validate_patch
+from .moddef import (PAGE_SIZE, Func, ModuleDef, Patch, module_init_size, module_notes, module_sections, module_size,
+                     validate, validate_patch)
 from .panic import FINIT_MODULE_USER_REGS, init_module_path, print_dump_stack
 from .params import ParamValue, split_args
 from .printk import KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
@@ -73,7 +74,13 @@ class ModuleContext:
         self.printk(KERN_INFO, f"{self.name}: {msg}")
 
     def klp_enable_patch(self, patch: Patch) -> int:
-        return self.kernel.livepatch.enable_patch(self.module, patch)
+        ret = self.kernel.livepatch.enable_patch(self.module, patch)
+        # the replacement functions are this module's text: their declared
+        # size and call sites, as stack traces show them
+        for fdecl in (f for o in getattr(patch, "objs", None) or [] for f in o.funcs if isinstance(f, Func)):
+            for func in self.kernel.symbols.find(self.module.name, fdecl.new_name):
+                func.size, func.calls = fdecl.size, dict(fdecl.calls)
+        return ret
 
     def klp_get_state(self, state_id: int):
         patch = next((p for p in self.kernel.livepatch.sysfs_patches if p.mod is self.module), None)
@@ -155,6 +162,25 @@ class Module:
     def taint_letters(self) -> str:
         return "".join(TAINT_LETTERS[b] for b in sorted(self.taints))
 
+    @property
+    def coresize(self) -> int:
+        """show_coresize(): text and core data (x86_64 keeps data out of vmalloc)."""
+        return module_size(self.defn)
+
+    @property
+    def initsize(self) -> int:
+        """show_initsize(): 0 once do_init_module() freed the init memory."""
+        return 0 if self.state in (ModuleState.LIVE, ModuleState.GOING) else module_init_size(self.defn)
+
+    def sections(self) -> dict[str, int]:
+        """module_sect_attrs: each allocated section and its address."""
+        names = module_sections(self.defn)
+        text = names.index(".text")  # at the module's base, as /proc/modules shows it
+        return {name: self.base + (i - text) * PAGE_SIZE // 4 for i, name in enumerate(names)}
+
+    def notes(self, release: str) -> dict[str, bytes]:
+        return module_notes(self.defn, release)
+
     def proc_modules_line(self, show_address: bool) -> str:
         """This module's line of /proc/modules (kernel/module/procfs.c m_show)."""
         users = "[permanent]," if self.defn.init is not None and self.defn.exit is None else "-"
@@ -177,6 +203,25 @@ class ModuleLoader:
 
     def get(self, name: str) -> Module | None:
         return self.modules.get(name)
+
+    # lib/kobject_uevent.c kobject_actions[]
+    UEVENT_ACTIONS = ("add", "remove", "change", "move", "online", "offline", "bind", "unbind")
+
+    def synth_uevent(self, mod: Module, data: bytes) -> int:
+        """store_uevent() -> kobject_synth_uevent(): an action (and, after a
+        blank, a UUID and KEY=VALUE arguments); a bad one is EINVAL and a
+        pr_warn naming the kobject's path.  The uevent itself goes nowhere."""
+        text = data[:-1] if data[-1:] in (b"\n", b"\0") else data
+        first, _, args = text.partition(b" ")
+        msg = None
+        if not text or first.decode("latin-1") not in self.UEVENT_ACTIONS:
+            msg = "unknown uevent action string"
+        elif _ and not _uevent_args_ok(args):
+            msg = "incorrect uevent action arguments"
+        if msg is not None:
+            self.k.printk_task(KERN_WARNING, f"synth uevent: /module/{mod.name}: {msg}")
+            return -errno.EINVAL
+        return len(data)
 
     def try_module_get(self, mod: Module) -> bool:
         if mod.state is ModuleState.GOING or mod.name not in self.modules:
@@ -225,7 +270,7 @@ class ModuleLoader:
         uses = []
         for fdecl in defn.functions:
             func = self.k.symbols.add(KFunc(fdecl.name, name, body=fdecl.body, notrace=fdecl.notrace,
-                                            size=fdecl.size))
+                                            size=fdecl.size, calls=dict(fdecl.calls)))
             uses += [(func, key) for key in fdecl.static_branches]
         if defn.livepatch and not self._jump_labels_resolvable(defn):
             self.modules.pop(name, None)
@@ -371,3 +416,19 @@ class ModuleLoader:
     def param_store(self, mod: Module, pname: str, data: bytes) -> int:
         pv = mod.params[pname]
         return pv.parse(data.decode("utf-8", "replace"))
+
+
+_UUID = __import__("re").compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _uevent_args_ok(args: bytes) -> bool:
+    """kobject_action_args(): a UUID (uuid_is_valid()), then KEY=VALUE
+    pairs with alphanumeric keys."""
+    words = args.split(b" ")
+    if not _UUID.fullmatch(words[0]):
+        return False
+    for word in words[1:]:
+        key, eq, _ = word.partition(b"=")
+        if not eq or not key or not key.isalnum():
+            return False
+    return True

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .printk import KERN_WARNING
+from .symbols import stack_trace
+from .tasks import TaskKind
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -92,8 +94,7 @@ def dump_stack(k: "Kernel", frames: list[str] | None = None, user_regs: list[str
         lines.append("Tainted: " + ", ".join(names))
     lines += [f"Hardware name: {HARDWARE}", "Call Trace:", " <TASK>", " dump_stack_lvl+0x64/0x80"]
     if frames is None:
-        frames = [f"{f.name}+0x0/0x{f.size:x}" + ("" if f.obj == "vmlinux" else f" [{f.obj}]")
-                  for f in reversed(task.stack if task else [])]
+        frames = stack_trace(task.stack, task.kind is TaskKind.KTHREAD) if task else []
     lines += [f" {frame}" for frame in frames]
     lines += user_regs or []
     lines.append(" </TASK>")

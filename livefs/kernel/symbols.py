@@ -33,6 +33,9 @@ class KFunc:
     notrace: bool = False
     sympos: int = 1  # 1-based position among same-named symbols of the object
     static: bool = False  # file-local: kallsyms type 't' rather than 'T'
+    # return offsets of its call sites, by the callee's name ("*": any callee),
+    # as a stack trace shows this function's frame
+    calls: dict[str, int] = attrs.field(factory=dict)
 
     def __repr__(self) -> str:
         return f"<KFunc {self.name} [{self.obj}]>"
@@ -40,6 +43,94 @@ class KFunc:
     @property
     def traceable(self) -> bool:
         return not self.notrace
+
+
+# -- stack traces (/proc/PID/stack, dump_stack) ----------------------------------------------
+# Sizes and call sites are those of Debian's 6.12.95 x86_64 build (the oracle's
+# kernel), as its traces print them (``name+0xOFFSET/0xSIZE``): recorded in
+# tests/transcripts/6.12 (internals, callbacks) and used for every version.
+
+VMLINUX_SIZES = {
+    "msleep": 0x40, "kthread": 0x100, "kthreadd": 0x2f0, "smpboot_thread_fn": 0x1d0,
+    "rcu_gp_kthread": 0x190, "rcu_gp_fqs_loop": 0x530, "do_syscall_64": 0x1b0,
+    "ret_from_fork": 0x50, "ret_from_fork_asm": 0x30, "entry_SYSCALL_64_after_hwframe": 0x7e,
+    "proc_pid_stack": 0x120, "proc_single_show": 0xc0, "seq_read_iter": 0x470, "seq_read": 0x160,
+    "vfs_read": 0x370, "ksys_read": 0xf0, "dump_stack_lvl": 0x80, "do_init_module": 0x270,
+    "init_module_from_file": 0xe0, "idempotent_init_module": 0x310, "__x64_sys_finit_module": 0xb0,
+}
+
+# (caller, callee or "*") -> the return address's offset in the caller
+VMLINUX_CALLS = {
+    ("msleep", "*"): 0x2b,              # schedule_timeout_uninterruptible()
+    ("kthread", "*"): 0xd2,             # threadfn(data)
+    ("kthreadd", "*"): 0x2d3,           # schedule()
+    ("smpboot_thread_fn", "*"): 0x14c,  # schedule()
+    ("rcu_gp_kthread", "rcu_gp_fqs_loop"): 0xd7,
+    ("rcu_gp_fqs_loop", "*"): 0x140,    # swait_event_idle_timeout_exclusive()
+    ("do_syscall_64", "*"): 0x87,       # x64_sys_call()'s tail call of the __x64_sys_ entry
+    ("ksys_read", "*"): 0x6f, ("vfs_read", "*"): 0xeb, ("seq_read", "*"): 0x12d,
+    ("seq_read_iter", "*"): 0x123, ("proc_single_show", "*"): 0x54, ("proc_pid_stack", "*"): 0xaf,
+    ("do_init_module", "*"): 0x8e, ("init_module_from_file", "*"): 0x89,
+    ("idempotent_init_module", "*"): 0x11d, ("__x64_sys_finit_module", "*"): 0x5e,
+}
+
+# __sched functions (.sched.text): stack_trace_save_tsk() of another task
+# leaves them out (consume_entry_nosched(), in_sched_functions())
+SCHED_TEXT = frozenset({"schedule", "__schedule", "schedule_timeout", "schedule_timeout_uninterruptible",
+                        "cond_resched", "__cond_resched", "schedule_hrtimeout", "io_schedule"})
+
+# frames the model does not keep between a function and the schedule() it
+# sleeps in (the task sleeps in them all the same)
+IMPLIED_CALLEES = {"rcu_gp_kthread": ("rcu_gp_fqs_loop",)}
+
+# where every kthread's stack starts (arch/x86/entry/entry_64.S, process.c)
+KTHREAD_BOTTOM = ("ret_from_fork+0x34/0x50", "ret_from_fork_asm+0x1a/0x30")
+# where a syscall's starts
+SYSCALL_BOTTOM = ("entry_SYSCALL_64_after_hwframe+0x76/0x7e",)
+
+
+def call_offset(caller: "KFunc | str", callee: str | None) -> int:
+    """Where ``caller``'s frame returns to after calling ``callee``: the
+    declared (``Function.calls``) or recorded site; +0x0 for a call site
+    nobody declared (no real return address is there: it marks the unknown)."""
+    if isinstance(caller, KFunc):
+        name, obj = caller.name, caller.obj
+        found = caller.calls.get(callee or "*", caller.calls.get("*"))
+        if found is not None:
+            return found
+    else:
+        name, obj = caller, VMLINUX
+    if obj == VMLINUX:
+        return VMLINUX_CALLS.get((name, callee or "*"), VMLINUX_CALLS.get((name, "*"), 0))
+    return 0
+
+
+def frame_text(name: str, obj: str, offset: int, size: int) -> str:
+    return f"{name}+0x{offset:x}/0x{size:x}" + ("" if obj == VMLINUX else f" [{obj}]")
+
+
+def stack_trace(frames: list["KFunc"], kthread: bool) -> list[str]:
+    """A task's model stack (outermost first) as stack_trace_save_tsk()
+    prints it, innermost first: scheduler functions left out, each frame at
+    the return address of its call, and the entry code below the first
+    frame (ret_from_fork for a kthread, the syscall entry for a task in a
+    syscall)."""
+    out: list[str] = []
+    for i in range(len(frames) - 1, -1, -1):
+        f = frames[i]
+        if f.name in SCHED_TEXT:
+            continue
+        callee = frames[i + 1].name if i + 1 < len(frames) else None
+        if f.obj == VMLINUX and f.name in IMPLIED_CALLEES and (callee is None or callee in SCHED_TEXT):
+            for name in reversed(IMPLIED_CALLEES[f.name]):
+                out.append(frame_text(name, VMLINUX, call_offset(name, callee), VMLINUX_SIZES.get(name, 0x40)))
+                callee = name
+        out.append(frame_text(f.name, f.obj, call_offset(f, callee), f.size))
+    if frames and kthread and frames[0].name in ("kthread", "kthreadd"):
+        out += KTHREAD_BOTTOM
+    elif frames and frames[0].name == "do_syscall_64":
+        out += SYSCALL_BOTTOM
+    return out
 
 
 @attrs.define
