@@ -161,15 +161,17 @@ def test_model_pids_skip_the_pids_the_host_holds():
     assert [k.sched.spawn(TaskKind.KTHREAD, f"t{i}", None).pid for i in range(3)] == [1002, 1004, 300]
 
 
-def test_the_daemons_pid_base_is_read_as_the_hosts_pid_space():
-    # runtime/daemon.py passes pid_base=<host pid_max> + 1: the model keeps below that pid_max
-    # and away from the host's processes (this one among them)
-    from livefs.kernel.kernel import Kernel
+def test_the_daemons_kernel_shares_the_hosts_pid_space():
+    # a mount's model keeps below the host's pid_max and away from the host's
+    # processes (this one among them)
     from livefs.kernel.tasks import TaskKind
-    k = Kernel(ncpus=1, pid_base=32769)
+    from livefs.kernel.version import KernelVersion
+    from livefs.runtime.daemon import make_kernel
+    k = make_kernel(KernelVersion.parse("6.12"), 1)
+    host_pid_max = int(open("/proc/sys/kernel/pid_max").read())
     pid = k.sched.spawn(TaskKind.KTHREAD, "t", None).pid
-    assert 300 <= pid < 32768 and not os.path.exists(f"/proc/{pid}")
-    assert k.tasks.taken(os.getpid())
+    assert 300 <= pid < host_pid_max and not os.path.exists(f"/proc/{pid}")
+    assert k.tasks.pid_max == host_pid_max and k.tasks.taken(os.getpid())
 
 
 def test_model_kthreads_pids_are_below_the_pid_max_livefs_run_shows(require_fuse, tmp_path):

@@ -51,6 +51,13 @@ def host_process_info(pid: int) -> tuple[str, int, int]:
         return "", 0, pid
 
 
+def host_pid_taken(pid: int) -> bool:
+    """Whether a host process or thread has ``pid`` (/proc/<tid> resolves
+    for threads too, though only thread-group leaders are listed): a live
+    mount's model shares the host's pid space and never takes such a pid."""
+    return os.path.exists(f"{HOST_PROC}/{pid}")
+
+
 def host_euid(pid: int) -> int:
     """The owner procfs gives a host process's /proc/<pid> files (its euid,
     or root's when it is not dumpable): the owner of the host's own

@@ -29,8 +29,7 @@ from .kprobes import Kprobes
 from .livepatch.shadow import ShadowTable
 from .sched import Scheduler
 from .trace import FunctionTracer
-from .tasks import (DEFAULT_PID_BASE, PID_MAX_DEFAULT, RESERVED_PIDS, RunState, Task, TaskKind, TaskList,
-                    host_pid_taken)
+from .tasks import (DEFAULT_PID_BASE, PID_MAX_DEFAULT, RESERVED_PIDS, RunState, Task, TaskKind, TaskList)
 from .version import MAINLINE, KernelVersion
 
 DEFAULT_CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-livefs root=/dev/vda1 ro console=ttyS0 quiet"
@@ -166,13 +165,8 @@ class Kernel:
         """``pid_base``: where the model's pids start; ``pid_max``: the
         machine's /proc/sys/kernel/pid_max, below which every pid stays
         (default PID_MAX_DEFAULT); ``pid_taken``: the pids held outside the
-        model (a mount's host processes), never handed out.  runtime/daemon.py
-        passes only ``pid_base``, as the host's pid_max + 1 (from when model
-        pids were put above every real one): read as the host's pid space, its
-        pid_max and the pids its processes hold, from RESERVED_PIDS on."""
-        if pid_max is None and pid_base != DEFAULT_PID_BASE:
-            pid_max, pid_base = pid_base - 1, RESERVED_PIDS
-            pid_taken = pid_taken or host_pid_taken
+        model (a live mount's host processes share its pid space), never
+        handed out."""
         self.version = version
         self.ncpus = ncpus
         self.cmdline = cmdline

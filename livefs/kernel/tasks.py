@@ -117,9 +117,3 @@ class TaskList:
     def all_with_idle(self) -> Iterator[Task]:
         yield from self.for_each_process_thread()
         yield from self.idle
-
-
-def host_pid_taken(pid: int) -> bool:
-    """Whether a host process or thread has ``pid`` (/proc/<tid> resolves
-    for threads too, though only thread-group leaders are listed)."""
-    return os.path.exists(f"/proc/{pid}")

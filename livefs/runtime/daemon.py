@@ -17,9 +17,11 @@ import time
 
 from livefs.fs import fuse_session
 from livefs.fs.fuse_ops import MOUNT_OPTIONS, LivefsOperations
+from livefs.fs.hostproc import host_pid_taken
 from livefs.fs.root import build_root
 from livefs.kernel.kernel import DEFAULT_CMDLINE, Kernel
 from livefs.kernel.livepatch.consistency import ConsistencyModel
+from livefs.kernel.tasks import RESERVED_PIDS
 from livefs.kernel.version import KernelVersion
 
 from .mounts import MountError
@@ -43,8 +45,12 @@ def make_kernel(version: KernelVersion, cpus: int | None = None,
         pid_max = int(_host_text("/proc/sys/kernel/pid_max", "4194304"))
     except ValueError:
         pid_max = 4194304
+    # the model shares the host's pid space: its pid_max, and none of the
+    # pids host processes hold (they are tasks of the model too once they
+    # touch the mount)
     return Kernel(version=version, ncpus=ncpus, cmdline=DEFAULT_CMDLINE, boot_ns=time.monotonic_ns(),
-                  meminfo=lambda: _host_text("/proc/meminfo", ""), pid_base=pid_max + 1, consistency_model=model)
+                  meminfo=lambda: _host_text("/proc/meminfo", ""), pid_base=RESERVED_PIDS, pid_max=pid_max,
+                  pid_taken=host_pid_taken, consistency_model=model)
 
 
 def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0, cpus: int | None = None,
