@@ -63,6 +63,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="model seconds per wall-clock second (default 1: the kernel's own cadence)")
     p.add_argument("--cpus", type=_cpus, default=None,
                    help="CPUs of the model machine (default: as many as the host, at most 64)")
+    p.add_argument("--fast-forward", action=argparse.BooleanOptionalAction, default=None,
+                   help="when a transition has switched every task and only waits for its next retry, jump "
+                        "model time to that retry (off for mount and run, on for selftest)")
     p.add_argument("--consistency-model", choices=[m.value for m in ConsistencyModel], default="hybrid",
                    help="how tasks switch: hybrid (the kernel's, default); kgraft, kpatch and immediate "
                         "exist to show why the kernel does what it does")
@@ -72,6 +75,7 @@ def _model_args(args: argparse.Namespace) -> list[str]:
     """What to pass on to a daemon for the model options of ``_common``."""
     return ["--kernel-version", args.kernel_version, "--scale", str(args.scale),
             *(["--cpus", str(args.cpus)] if args.cpus else []),
+            *(["--fast-forward"] if args.fast_forward else []),
             *(["--consistency-model", args.consistency_model] if args.consistency_model != "hybrid" else [])]
 
 
@@ -163,7 +167,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print(f"livefs {__version__} serving {target.resolve()} for {scope}; stop it with Ctrl-C or: "
               f"livefs umount {target}", flush=True)
         return serve(str(target), KernelVersion.parse(args.kernel_version), args.scale, args.cpus,
-                     ConsistencyModel(args.consistency_model))
+                     ConsistencyModel(args.consistency_model), bool(args.fast_forward))
     pid = start_daemon(target, _model_args(args))
     print(f"livefs mounted at {target} for {scope} (daemon pid {pid}); stop it with: livefs umount {target}")
     return 0
@@ -349,6 +353,8 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         if not (directory / "test_klp-call_getpid").exists():
             image.export_helpers(directory)
             print(f"livefs: wrote {directory / 'test_klp-call_getpid'}", file=sys.stderr)
+    if args.fast_forward is None:
+        args.fast_forward = True  # the scripts wait for transitions, not for time
     return run_selftests(directory, _model_args(args), args.timeout, only=args.tests)
 
 

@@ -54,11 +54,12 @@ def make_kernel(version: KernelVersion, cpus: int | None = None,
 
 
 def serve(mountpoint: str, version: KernelVersion, scale: float = 1.0, cpus: int | None = None,
-          model: ConsistencyModel = ConsistencyModel.HYBRID) -> int:
+          model: ConsistencyModel = ConsistencyModel.HYBRID, fast_forward: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="livefs[%(process)d] %(levelname)s %(message)s")
     kernel = make_kernel(version, cpus, model)
-    owner = ModelOwner(kernel, scale=scale, reboot=lambda: make_kernel(version, cpus, model))
+    owner = ModelOwner(kernel, scale=scale, reboot=lambda: make_kernel(version, cpus, model),
+                       fast_forward=fast_forward)
     owner.start()
     if owner.error is not None:
         raise owner.error

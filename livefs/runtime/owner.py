@@ -9,6 +9,15 @@ into the trio thread: the hop (``trio.from_thread.run_sync``) costs several
 times the whole request, and the lock gives the same single-owner guarantee.
 A request that changes the next deadline pokes the trio loop so it re-plans.
 A ``scale`` above 1 runs model time faster than the wall clock.
+
+``fast_forward`` skips dead time: when a transition has switched every task and
+only waits for its next retry (klp_transition_work, up to about 1.75 s away),
+model time jumps to that retry at once.  Every model event still happens, in
+the same order and at the same model time; what changes is that model time
+runs ahead of the wall clock, and a script that would have acted inside the
+skipped wait now acts after the completion -- which is what a real kernel shows
+a slower script.  ``livefs selftest`` turns it on; a mount runs at the kernel's
+cadence unless asked.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from livefs.fs.hostproc import host_process_info
 from livefs.fs.tree import Request
 from livefs.kernel.clock import NSEC_PER_SEC
 from livefs.kernel.kernel import Kernel
+from livefs.kernel.livepatch.transition import klp_transition_settled
 from livefs.kernel.printk import LogRecord
 
 REAP_INTERVAL_S = 1.0
@@ -32,10 +42,12 @@ REAP_INTERVAL_S = 1.0
 
 class ModelOwner:
     def __init__(self, kernel: Kernel, scale: float = 1.0,
-                 reboot: Callable[[], Kernel] | None = None) -> None:
+                 reboot: Callable[[], Kernel] | None = None, fast_forward: bool = False) -> None:
         self.kernel = kernel
         self._reboot = reboot
         self.scale = scale
+        self.fast_forward = fast_forward
+        self.skipped_ns = 0  # model time skipped by fast_forward
         self._t0 = time.monotonic_ns()
         self._model_t0 = kernel.clock.now_ns
         self._token: trio.lowlevel.TrioToken | None = None
@@ -94,6 +106,12 @@ class ModelOwner:
                     self._reap()
                     last_reap = time.monotonic()
                 due = self.kernel.wq.next_deadline()
+                if due is not None and self.fast_forward and klp_transition_settled(self.kernel.livepatch):
+                    skip = due - self.model_now()
+                    if skip > 0:
+                        self._model_t0 += skip
+                        self.skipped_ns += skip
+                    continue  # the next pass runs the retry
             wait_s = REAP_INTERVAL_S
             if due is not None:
                 wait_s = min(wait_s, max(0.0, (due - self.model_now()) / NSEC_PER_SEC / self.scale))
@@ -139,8 +157,9 @@ class ModelOwner:
                 k.syscall_exit(task, entered)
                 if k.reboot_requested and self._reboot is not None:
                     self._boot(self._reboot())
-                if self.kernel.wq.next_deadline() != before and self._token is not None:
-                    self._token.run_sync_soon(self._poke)
+                if self._token is not None and (self.kernel.wq.next_deadline() != before or (
+                        self.fast_forward and self.kernel.livepatch.transition_patch is not None)):
+                    self._token.run_sync_soon(self._poke)  # re-plan: maybe the wait can be skipped
 
     def _boot(self, kernel: Kernel) -> None:
         """Replace the model machine (a mock-only reboot, for test isolation);

@@ -327,6 +327,20 @@ def klp_try_complete_transition(klp: "Livepatch") -> bool:
     return True
 
 
+def klp_transition_settled(klp: "Livepatch") -> bool:
+    """Every task, idle tasks included, runs the target state and the retry
+    work is the next thing due: the transition now only waits for that
+    klp_transition_work, which will complete it, and nothing in the model
+    can happen before.  (A live mount may skip model time ahead to it.)"""
+    work = klp.transition_work
+    if klp.transition_patch is None or work is None or work.cancelled:
+        return False
+    if klp.k.wq.next_deadline() != work.due_ns:
+        return False
+    target = klp.target_state
+    return all(t.patch_state == target for t in klp.k.tasks.all_with_idle())
+
+
 def _kpatch_stop_machine(klp: "Livepatch") -> bool:
     """kpatch model: with every CPU stopped, look at every stack (running
     tasks included); switch all tasks together only if none holds code the
