@@ -21,9 +21,16 @@ from livefs.kernel.tasks import Task
 from livefs.testing.plugin import require_fuse as _require_fuse
 
 
+# every process this test run starts carries this mark in its environment, so
+# that a leftover check counts only our own (another run, or a benchmark, may
+# share the machine)
+RUN_MARK = "LIVEFS_TEST_RUN"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Our suite runs the deterministic profile unless told otherwise
     (``--hypothesis-profile livefs-thorough`` hunts with random seeds)."""
+    os.environ.setdefault(RUN_MARK, f"{os.getpid()}-{time.time_ns()}")
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("livefs-ci")
 

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 
 from livefs.tools import tools_dir
 
-from conftest import daemon_pid, livefs_cli, sh
+from conftest import RUN_MARK, daemon_pid, livefs_cli, sh
 
 HERE = Path(__file__).parent
 LP = "test_klp_livepatch"
@@ -33,7 +34,10 @@ SYSCTLS = ("ftrace_enabled", "tainted", "dmesg_restrict", "kptr_restrict", "modu
 
 
 def host_picture() -> dict[str, object]:
-    mounts = sorted(" ".join(line.split()[:3]) for line in Path("/proc/self/mounts").read_text().splitlines())
+    # livefs mounts elsewhere are other runs' (ours are made in pytest's temporary directories)
+    ours = str(Path(os.environ.get("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())))
+    mounts = sorted(" ".join(line.split()[:3]) for line in Path("/proc/self/mounts").read_text().splitlines()
+                    if line.split()[2] != "fuse.livefs" or line.split()[1].startswith(ours))
     sysctls = {}
     for name in SYSCTLS:
         try:
@@ -222,9 +226,14 @@ def test_the_host_is_as_it_was(host_before):
 
 
 def _is_livefs_process(proc: Path) -> bool:
+    """A daemon or namespace helper that this test run started (its
+    environment carries the run's mark)."""
     try:
         argv = (proc / "cmdline").read_bytes().split(b"\0")
+        if not (b"--foreground" in argv or b"livefs.runtime.namespace" in argv):
+            return False
+        mark = f"{RUN_MARK}={os.environ[RUN_MARK]}".encode()
+        return mark in (proc / "environ").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"--foreground" in argv or b"livefs.runtime.namespace" in argv
 
