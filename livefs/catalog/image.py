@@ -39,7 +39,8 @@ def modinfo_fields(defn: ModuleDef, release: str) -> list[tuple[str, str]]:
     for p in reversed(defn.params):
         if p.description is not None:
             fields.append(("parm", f"{p.name}:{p.description}"))
-        fields.append(("parmtype", f"{p.name}:{_PARMTYPE[p.type]}"))
+        if p.get is None:  # module_param_cb() has no __MODULE_PARM_TYPE
+            fields.append(("parmtype", f"{p.name}:{_PARMTYPE[p.type]}"))
     fields.append(("depends", ",".join(defn.depends)))
     fields.append(("name", defn.name))
     fields.append(("retpoline", "Y"))

@@ -9,7 +9,7 @@ from .api import (CallContext, Callbacks, Func, Function, ModuleContext, ModuleD
 
 
 def _patched_show(call: CallContext) -> str:
-    """The replacement /proc show functions print THIS_MODULE->name."""
+    """The replacement show (and get) functions print THIS_MODULE->name."""
     return f"{call.func.obj}: this has been live patched\n"
 
 
@@ -187,6 +187,14 @@ test_klp_syscall = ModuleDef(
     exit=_syscall_exit,
 )
 
+# test_klp_mod_target and test_klp_mod_patch serve both forms of the upstream
+# "module function patching" tests: the first (2026) shows the module's text in
+# /proc/test_klp_mod_target (test_klp_mod_target_show, a proc_create_single()
+# show function); the newer one, from the series that makes the tests build on
+# 4.12 kernels, reads /sys/module/test_klp_mod_target/parameters/klp_mod_arg
+# (test_klp_mod_target_get, the .get of a module_param_cb() with no .set).
+# The target has both, the patch replaces both.
+
 def _mod_target_show(call: CallContext) -> str:
     return f"{call.func.obj}: original output\n"
 
@@ -205,7 +213,11 @@ def _mod_target_exit(ctx: ModuleContext) -> None:
 test_klp_mod_target = ModuleDef(
     name="test_klp_mod_target",
     description="Livepatch test: target module with proc entry",
-    functions=[Function("test_klp_mod_target_show", _mod_target_show)],
+    author="Pablo Hugen <phugen@redhat.com>",
+    params=[Param("klp_mod_arg", perm=0o444, description="The value of this argument will be livepatched",
+                  get="test_klp_mod_target_get")],
+    functions=[Function("test_klp_mod_target_show", _mod_target_show),
+               Function("test_klp_mod_target_get", _mod_target_show)],
     init=_mod_target_init,
     exit=_mod_target_exit,
 )
@@ -213,9 +225,12 @@ test_klp_mod_target = ModuleDef(
 test_klp_mod_patch = ModuleDef(
     name="test_klp_mod_patch",
     description="Livepatch test: patch for module-provided function",
+    author="Pablo Hugen <phugen@redhat.com>",
     livepatch=True,
     patch=Patch(objs=[Object("test_klp_mod_target", [
-        Func("test_klp_mod_target_show", _patched_show, new_name="livepatch_test_klp_mod_target_show")])]),
+        Func("test_klp_mod_target_show", _patched_show, new_name="livepatch_mod_target_show"),
+        Func("test_klp_mod_target_get", _patched_show, new_name="livepatch_mod_target_get")])]),
+    exit=lambda ctx: None,
 )
 
 MODULES: list[ModuleDef] = [

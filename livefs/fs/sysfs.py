@@ -56,7 +56,13 @@ def livepatch_dir() -> Dir:
 
 def _param_attr(mod: Module, name: str, perm: int) -> Attr:
     writable = perm & 0o222
-    return Attr(perm=perm, show=lambda req: mod.params[name].show(),
+    get = mod.params[name].decl.get
+
+    def show(req: Request) -> str:
+        if get is not None:  # module_param_cb(): param_attr_show() calls ops->get
+            return req.kernel.call(req.task, mod.name, get)
+        return mod.params[name].show()
+    return Attr(perm=perm, show=show,
                 store=(lambda req, data: req.kernel.modules.param_store(mod, name, data)) if writable else None)
 
 

@@ -21,13 +21,21 @@ ParamType = Literal["int", "uint", "bool", "charp", "int_array"]
 class Param:
     """A ``module_param``; ``perm`` 0 means no file under parameters/;
     ``description`` None means no ``MODULE_PARM_DESC`` (modinfo then shows
-    only the type)."""
+    only the type).
+
+    ``get`` names one of the module's functions: the parameter is then a
+    ``module_param_cb()`` whose ``kernel_param_ops`` has only that ``.get``.
+    Reading the file calls the function (so a livepatch of it changes what
+    the file shows) and shows what it returns; ``type`` and ``default`` are
+    not used, and ``.modinfo`` has no parmtype for it (module_param_cb()
+    emits none)."""
 
     name: str
     type: ParamType = "int"
     default: Any = 0
     perm: int = 0o644
     description: str | None = None
+    get: str | None = None
 
 
 @attrs.define
@@ -243,6 +251,8 @@ def validate(defn: ModuleDef) -> str | None:
         seen.add(p.name)
         if p.type not in ("int", "uint", "bool", "charp", "int_array"):
             return f"{defn.name}: parameter {p.name} has unknown type {p.type!r}"
+        if p.get is not None and not any(isinstance(f, Function) and f.name == p.get for f in defn.functions):
+            return f"{defn.name}: parameter {p.name}'s get function {p.get!r} is not one of its functions"
         if p.description is not None and (not isinstance(p.description, str) or "\0" in p.description):
             return f"{defn.name}: parameter {p.name} has a bad description {p.description!r}"
         if not isinstance(p.perm, int) or not 0 <= p.perm <= 0o777 or p.perm & 0o002:

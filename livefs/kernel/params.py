@@ -85,6 +85,10 @@ class ParamValue:
     def parse(self, text: str) -> int:
         """param_set_*(): store ``text``; 0 or a negative errno (-EINVAL, or
         -ERANGE for a number that does not fit the type), value untouched on error."""
+        if self.decl.get is not None:
+            # ops with no .set: parse_one() would call a NULL pointer (an
+            # oops in the kernel); the model refuses the value instead
+            return -errno.EINVAL
         kind = self.decl.type
         if kind == "bool":
             b = parse_bool(text)
