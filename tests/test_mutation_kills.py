@@ -336,14 +336,15 @@ def test_an_unloaded_object_does_not_hide_the_next_objects_functions(k):
 
 def test_signals_every_15_attempts_notice_level_and_recorded(k):
     """"signaling remaining tasks" is a pr_notice; the record names the tasks signalled."""
-    blocker = _blocker(k, CMDLINE)
+    blocker, second = _blocker(k, CMDLINE), _blocker(k, CMDLINE, comm="second")
     assert _load(k, _lp("lf_mk_sig", [_vmlinux("lf_mk_sig", CMDLINE)]))[0] == 0
     first = k.printk.next_seq
     k.advance(17 * NSEC_PER_SEC)
     assert (KERN_NOTICE, "livepatch: signaling remaining tasks") in _log_since(k, first)
     signals = [e for e in _records(k)[-1]["events"] if e["kind"] == "signal"]
-    assert signals and signals[0]["detail"] == str(blocker.pid)
+    assert signals and signals[0]["detail"] == f"{blocker.pid},{second.pid}"
     k.sched.wake(blocker)
+    k.sched.wake(second)
     k.settle()
 
 
@@ -359,6 +360,7 @@ def test_staging_keeps_tasks_consistent_with_the_code_they_are_put_in(k):
     assert (moved.patch_state, moved.patch_pending) == (KLP_UNPATCHED, True)
     k.sched.sleep(moved, new_code)
     assert (moved.patch_state, moved.patch_pending) == (KLP_PATCHED, False)
+    assert [s["cause"] for s in _records(k)[-1]["switches"] if s["id"] == moved.pid] == ["staged"]
     for t in (blocker, old, moved):
         k.sched.wake(t)
     k.settle()
