@@ -60,7 +60,8 @@ def test_tree_modes_values_and_links(mnt, modules):
     assert r.stdout == "test_klp_livepatch: this has been live patched\n"
     r = sh(f"stat -c '%A' {mnt}/sys/module/{LP}/refcnt; cat {mnt}/sys/module/{LP}/refcnt "
            f"{mnt}/sys/module/{LP}/taint; ls {mnt}/sys/module/{LP}")
-    assert r.stdout == "-r--r--r--\n1\nOEK\nholders\ninitstate\nrefcnt\ntaint\n"
+    assert r.stdout == ("-r--r--r--\n1\nOEK\ncoresize\nholders\ninitsize\ninitstate\nnotes\nrefcnt\nsections\ntaint\n"
+                        "uevent\n")
 
 
 def test_bad_writes_give_kernel_errno_and_change_nothing(mnt, modules):

@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,11 +32,11 @@ SYSCTLS = ("ftrace_enabled", "tainted", "dmesg_restrict", "kptr_restrict", "modu
            "panic", "printk", "sysrq", "hostname")
 
 
-def host_picture() -> dict[str, object]:
-    # livefs mounts elsewhere are other runs' (ours are made in pytest's temporary directories)
-    ours = str(Path(os.environ.get("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())))
+def host_picture(ours: Path) -> dict[str, object]:
+    """The host's state; of livefs mounts only those under ``ours`` (this
+    run's temporary directories): any other is another run's."""
     mounts = sorted(" ".join(line.split()[:3]) for line in Path("/proc/self/mounts").read_text().splitlines()
-                    if line.split()[2] != "fuse.livefs" or line.split()[1].startswith(ours))
+                    if line.split()[2] != "fuse.livefs" or line.split()[1].startswith(f"{ours}/"))
     sysctls = {}
     for name in SYSCTLS:
         try:
@@ -55,8 +54,8 @@ def host_picture() -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def host_before():
-    return host_picture()
+def host_before(tmp_path_factory):
+    return host_picture(tmp_path_factory.getbasetemp())
 
 
 def test_picture_of_the_host(host_before):
@@ -215,8 +214,8 @@ def test_hostile_script_under_run(require_fuse):
     assert any("hostname: " in line for line in refused)
 
 
-def test_the_host_is_as_it_was(host_before):
-    after = host_picture()
+def test_the_host_is_as_it_was(host_before, tmp_path_factory):
+    after = host_picture(tmp_path_factory.getbasetemp())
     leftovers = {key: (host_before[key], after[key]) for key in after if after[key] != host_before[key]}
     mine = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_livefs_process(p)]
     FIGURES["leftovers"] = {"host changes": len(leftovers), "livefs processes": len(mine)}
