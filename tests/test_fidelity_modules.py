@@ -330,3 +330,55 @@ def test_dynamic_debug_queries_split_on_the_kernels_isspace_only():
 
     assert DynamicDebug().exec_queries("\x1c") == -errno.EINVAL
     assert DynamicDebug().exec_queries(" \t+p\v") == 0
+
+
+# -- 6. /proc/kallsyms: a module's symbol table beyond its functions -----------------------------------
+
+
+def _module_syms(k: Kernel, name: str) -> set[str]:
+    return {" ".join(ln.split(" ")[1:]).removesuffix(f"\t[{name}]") for ln in k.kallsyms().splitlines()
+            if ln.endswith(f"\t[{name}]")}
+
+
+def test_an_ordinary_module_keeps_only_its_core_symbols(k):
+    from livefs.catalog import catalog
+
+    assert _load(k, catalog()["lp_busy_target"], "hold=0")[0] == 0
+    syms = _module_syms(k, "lp_busy_target")
+    assert {"d __this_module", "d __start_alloc_tags", "d __stop_alloc_tags", "r _note_18", "r _note_19",
+            "r orc_header", "d hold", "d hold_max_ms", "r __param_hold", "r __param_str_hold",
+            "r __param_hold_max_ms", "r __param_str_hold_max_ms", "b pde", "b worker",
+            "t cleanup_module", "t __pfx_cleanup_module", "t target_exit", "t __pfx_target_exit",
+            "d __UNIQUE_ID___addressable_cleanup_module459", "t lp_busy_target_wait"} <= syms
+    # no init code (freed with nothing traced), no modinfo, file names or undefined symbols
+    assert not [s for s in syms if s.split()[0] in "?auT" or "init" in s]
+
+
+def test_a_livepatch_module_keeps_its_whole_symbol_table_and_its_traced_init(k):
+    from livefs.catalog import catalog
+
+    assert _load(k, catalog()["lp_cmdline"])[0] == 0
+    syms = _module_syms(k, "lp_cmdline")
+    assert {"? __UNIQUE_ID_name451", "? __UNIQUE_ID_livepatch502", "? ____versions", "a lp_cmdline.c",
+            "a lp_cmdline.mod.c", "a module-common.c", "t init_module", "t oracle_init", "t __pfx_oracle_init",
+            "d __UNIQUE_ID___addressable_init_module498", "d oracle_patch", "d vmlinux_funcs",
+            "u __fentry__", "u klp_enable_patch", "u seq_write", "t oracle_cmdline_show",
+            "T oracle_init"} <= syms  # its own ftrace ops was registered when init memory was freed
+
+
+def test_an_init_freed_while_a_patch_is_registered_stays_as_T(k):
+    from livefs.catalog import catalog
+
+    assert _load(k, catalog()["lp_cmdline"])[0] == 0
+    k.settle()
+    assert _load(k, catalog()["lp_busy_target"], "hold=0")[0] == 0
+    assert "T target_init" in _module_syms(k, "lp_busy_target")
+
+
+def test_a_module_param_cb_has_param_symbols_and_no_variable(k):
+    from livefs.catalog import catalog
+
+    assert _load(k, catalog()["test_klp_mod_target"])[0] == 0
+    syms = _module_syms(k, "test_klp_mod_target")
+    assert {"r __param_klp_mod_arg", "r __param_str_klp_mod_arg", "t test_klp_mod_target_exit"} <= syms
+    assert not [s for s in syms if s.endswith(" klp_mod_arg")]

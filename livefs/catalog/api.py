@@ -14,13 +14,13 @@ anywhere ``ctx.kthread_stop(task)`` and ``ctx.wake_up_process(task)``.
 
 from livefs.kernel.kernel import CallContext
 from livefs.kernel.moddef import (Callbacks, Func, Function, ModuleDef, Object, Param, Patch,
-                                  State, StaticKeyDef)
+                                  State, StaticKeyDef, Symtab)
 from livefs.kernel.modules import ModuleContext, ModuleState
 from livefs.kernel.printk import KERN_DEBUG, KERN_ERR, KERN_INFO, KERN_NOTICE, KERN_WARNING
 from livefs.kernel.tasks import Task
 
 __all__ = [
     "CallContext", "Callbacks", "Func", "Function", "ModuleDef", "Object", "Param", "Patch",
-    "State", "StaticKeyDef", "ModuleContext", "ModuleState", "KERN_DEBUG", "KERN_ERR", "KERN_INFO", "KERN_NOTICE",
+    "State", "StaticKeyDef", "Symtab", "ModuleContext", "ModuleState", "KERN_DEBUG", "KERN_ERR", "KERN_INFO", "KERN_NOTICE",
     "KERN_WARNING", "Task",
 ]

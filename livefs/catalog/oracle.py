@@ -17,7 +17,8 @@ line for line from the C.
 
 from __future__ import annotations
 
-from .api import CallContext, Callbacks, Func, Function, ModuleContext, ModuleDef, Object, Param, Patch
+from .api import (CallContext, Callbacks, Func, Function, ModuleContext, ModuleDef, Object, Param, Patch,
+                  Symtab)
 
 # -- lp_cmdline, lp_cmdline2, lp_replace --------------------------------------------------
 
@@ -36,8 +37,15 @@ def _cmdline_module(name: str, marker: str, replace: bool) -> ModuleDef:
     def exit_(ctx: ModuleContext) -> None:
         ctx.pr_info("exit")
 
+    # lp_cmdline.c's symbols as 6.12's kallsyms lists them (lp_cmdline2.c and
+    # lp_replace.c only #define a marker and include it: the same counters)
+    symtab = Symtab(init="oracle_init", exit="oracle_exit", data=["oracle_patch", "patch_objs", "vmlinux_funcs"],
+                    unique_ids={"name": 451, "vermagic": 451, "retpoline": 452, "depends": 452, "license": 500,
+                                "description": 501, "livepatch": 502, "__addressable_init_module": 498,
+                                "__addressable_cleanup_module": 499},
+                    undefined=["_printk", "seq_write"])
     return ModuleDef(name=name, description="oracle livepatch: /proc/cmdline marker", livepatch=True,
-                     patch=patch, init=init, exit=exit_)
+                     patch=patch, init=init, exit=exit_, symtab=symtab)
 
 
 lp_cmdline = _cmdline_module("lp_cmdline", "LP_CMDLINE marker: patched by lp_cmdline", False)
@@ -91,6 +99,9 @@ lp_callbacks = ModuleDef(
     patch=_callbacks_patch,
     init=_callbacks_init,
     exit=lambda ctx: ctx.pr_info("exit"),
+    # its __UNIQUE_ID_ counters were never recorded: left out
+    symtab=Symtab(init="oracle_init", exit="oracle_exit", data=["oracle_patch", "patch_objs", "vmlinux_funcs"],
+                  undefined=["_printk", "seq_write"]),
 )
 
 
@@ -160,6 +171,8 @@ lp_busy_target = ModuleDef(
                Function("target_proc_show", _target_proc_show)],
     init=_target_init,
     exit=_target_exit,
+    symtab=Symtab(init="target_init", exit="target_exit", bss=["pde", "worker"],
+                  unique_ids={"__addressable_cleanup_module": 459}),
 )
 
 
@@ -191,6 +204,12 @@ lp_busy = ModuleDef(
         Func("lp_busy_target_wait", _new_wait, new_name="new_wait", size=0x90, calls={"msleep": 0x49}),
         Func("lp_busy_target_msg", _new_msg, new_name="new_msg")])]),
     exit=lambda ctx: None,
+    symtab=Symtab(init="oracle_init", exit="oracle_exit", data=["oracle_patch", "patch_objs", "target_funcs"],
+                  unique_ids={"name": 451, "vermagic": 451, "retpoline": 452, "depends": 452, "holdtype": 498,
+                              "hold": 499, "hold_max_mstype": 500, "license": 505, "description": 506,
+                              "livepatch": 507, "__addressable_init_module": 503,
+                              "__addressable_cleanup_module": 504},
+                  undefined=["_printk", "const_pcpu_hot", "kthread_should_stop", "msleep"]),
 )
 
 MODULES: list[ModuleDef] = [lp_cmdline, lp_cmdline2, lp_replace, lp_callbacks, lp_busy_target, lp_busy]

@@ -24,7 +24,7 @@ from .livepatch.transition import klp_copy_process, klp_new_task, klp_task_exit,
 from .moddef import ModuleDef
 from .modules import Module, ModuleLoader
 from .printk import KERN_ERR, KERN_NOTICE, DynamicDebug, Printk
-from .symbols import VMLINUX, VMLINUX_SIZES, KFunc, SymbolTable
+from .symbols import VMLINUX, VMLINUX_SIZES, KFunc, SymbolTable, module_symbols
 from .kprobes import Kprobes
 from .livepatch.shadow import ShadowTable
 from .sched import Scheduler
@@ -254,7 +254,8 @@ class Kernel:
         global, ``t`` static, each function after its ``__pfx_`` padding
         symbol), vmlinux data, then each module's text at its own address in
         module space, newest module first.  A module symbol is lowercase
-        unless exported (kallsyms s_show()); the model exports none."""
+        unless exported (kallsyms s_show()); the model exports none.  Each
+        module's other symbols follow its text (symbols.module_symbols())."""
         lines = []
 
         def text(funcs: list[KFunc], addr: int, where: str, local: bool) -> None:
@@ -271,6 +272,11 @@ class Kernel:
         for obj in [*reversed(list(loaded)), *others]:
             base = loaded.get(obj) or self.modules.MODULES_VADDR
             text(self.symbols.functions(obj), base, f"\t[{obj}]", True)
+            mod = self.modules.modules.get(obj)
+            if mod is not None:  # the rest of its symbol table, after its text
+                extra = module_symbols(mod.defn, mod.init_kept)
+                lines += [f"{base + 0x2000 + 0x10 * i:016x} {kind} {name}\t[{obj}]"
+                          for i, (kind, name) in enumerate(extra)]
         return "\n".join(lines) + "\n"
 
     HZ = 250

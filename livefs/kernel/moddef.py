@@ -131,6 +131,32 @@ PatchFactory = Callable[[Any], Patch]
 
 
 @attrs.define
+class Symtab:
+    """Facts of the built ``.ko``'s ELF symbol table that /proc/kallsyms shows
+    besides the declared functions (kernel/module/kallsyms.c).  What the
+    declarations imply is derived (the parameters' ``__param_`` symbols and
+    variables, ``cleanup_module``, a livepatch module's source file names and
+    undefined symbols ...); this names the rest.
+
+    ``init`` and ``exit`` are the C names of the module_init()/module_exit()
+    functions (default ``<module>_init``/``<module>_exit``); ``data`` and
+    ``bss`` the module's own static variables (initialised, zeroed) besides
+    the parameters'; ``unique_ids`` the ``__COUNTER__`` of each
+    ``__UNIQUE_ID_`` symbol by the rest of its name (``name``, ``vermagic``,
+    ``license``, ``__addressable_cleanup_module`` ...), a symbol not named
+    here is left out; ``undefined`` the kernel symbols the code uses besides
+    ``imports``, ``__fentry__``, ``__x86_return_thunk``, ``klp_enable_patch``
+    and the parameters' ``param_ops_*`` (``_printk``, ``seq_write`` ...)."""
+
+    init: str = ""
+    exit: str = ""
+    data: list[str] = attrs.field(factory=list)
+    bss: list[str] = attrs.field(factory=list)
+    unique_ids: dict[str, int] = attrs.field(factory=dict)
+    undefined: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
 class ModuleDef:
     """A loadable module.
 
@@ -159,6 +185,7 @@ class ModuleDef:
     # symbols the module uses from vmlinux or other modules (its undefined ELF
     # symbols); one no loaded object has fails the load: "Unknown symbol"
     imports: list[str] = attrs.field(factory=list)
+    symtab: Symtab = attrs.field(factory=Symtab)
 
 
 PAGE_SIZE = 4096

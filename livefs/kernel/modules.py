@@ -150,6 +150,9 @@ class Module:
     klp_alive: bool = False
     ctx: ModuleContext = attrs.field(default=None)
     base: int = 0  # where its text would be (synthetic, like /proc/kallsyms)
+    # its init function's ftrace records were saved when init memory was freed
+    # (some ftrace ops registered then): kallsyms lists it as 'T'
+    init_kept: bool = False
 
     def __repr__(self) -> str:
         return f"<Module {self.name}>"
@@ -297,6 +300,9 @@ class ModuleLoader:
                                              "it should follow 0/-E convention\n"
                                              "do_init_module: loading module anyway...")
             print_dump_stack(self.k, init_module_path(self.k), FINIT_MODULE_USER_REGS)
+        # do_init_module() frees the init memory: ftrace_free_mem() keeps the
+        # init functions' records in a mod_map when any ftrace ops is registered
+        mod.init_kept = bool(self.k.ftrace.ops)
         mod.state = ModuleState.LIVE
         return 0
 

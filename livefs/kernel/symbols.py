@@ -178,3 +178,60 @@ class SymbolTable:
             return None, -errno.EINVAL, (
                 f"symbol position {sympos} for symbol '{name}' in object '{obj}' not found")
         return matches[sympos - 1], 0, None
+
+
+# -- a module's symbols besides its functions (/proc/kallsyms) --------------------------------
+
+_PARAM_OPS = {"int": ["param_ops_int"], "uint": ["param_ops_uint"], "bool": ["param_ops_bool"],
+              "charp": ["param_ops_charp"], "int_array": ["param_array_ops", "param_ops_int"]}
+
+
+def module_symbols(defn: Any, init_kept: bool) -> list[tuple[str, str]]:
+    """(type, name) of what a loaded module's symbol table shows besides its
+    declared functions, as x86_64 Debian's 6.12 (gcc, kbuild) builds it.
+
+    add_kallsyms() keeps only the core symbols of an ordinary module: data
+    (``__this_module``, the alloc-tag bounds, parameter variables: ``d`` when
+    initialised, ``b`` when zero), rodata (``__param_*``, the ELF notes
+    ``_note_18``/``_note_19``, ``orc_header``) and the exit code
+    (``cleanup_module`` aliasing the module_exit() function, with their
+    ``__pfx_``); init code and the rest are dropped.  A livepatch module
+    keeps its whole symbol table (klp relocations need it): also the init
+    code (``init_module``), the ``.modinfo`` strings (``?``), the source file
+    names (``a``) and the undefined symbols (``u``).  An init function freed
+    while any ftrace ops was registered is listed once more, ``T``, by
+    ftrace's mod_map (ftrace_free_mem(), ftrace_mod_get_kallsym())."""
+    st = defn.symtab
+    livepatch = defn.livepatch
+    has_init = defn.init is not None or defn.patch is not None
+    init = st.init or f"{defn.name}_init"
+    exit_ = st.exit or f"{defn.name}_exit"
+    out = [("d", "__this_module"), ("d", "__start_alloc_tags"), ("d", "__stop_alloc_tags"),
+           ("r", "_note_18"), ("r", "_note_19"), ("r", "orc_header")]
+    for p in defn.params:
+        out += [("r", f"__param_{p.name}"), ("r", f"__param_str_{p.name}")]
+        if p.get is None:  # module_param_cb() has no variable of its own
+            out.append(("d" if p.default else "b", p.name))
+    out += [("d", n) for n in st.data] + [("b", n) for n in st.bss]
+    if defn.exit is not None:
+        out += [("t", "__pfx_cleanup_module"), ("t", "cleanup_module"), ("t", f"__pfx_{exit_}"), ("t", exit_)]
+    for key, n in st.unique_ids.items():
+        if key == "__addressable_cleanup_module" and defn.exit is not None:
+            out.append(("d", f"__UNIQUE_ID_{key}{n}"))
+        elif livepatch and key == "__addressable_init_module" and has_init:
+            out.append(("d", f"__UNIQUE_ID_{key}{n}"))
+        elif livepatch and not key.startswith("__addressable_"):
+            out.append(("?", f"__UNIQUE_ID_{key}{n}"))
+    if livepatch:
+        if has_init:
+            out += [("t", "__pfx_init_module"), ("t", "init_module"), ("t", f"__pfx_{init}"), ("t", init)]
+        out += [("?", "____versions"), ("a", f"{defn.name}.c"), ("a", f"{defn.name}.mod.c"),
+                ("a", "module-common.c")]
+        undefined = ["__fentry__", "__x86_return_thunk", "klp_enable_patch"]
+        for p in defn.params:
+            undefined += [] if p.get is not None else _PARAM_OPS.get(p.type, [])
+        undefined += list(defn.imports) + list(st.undefined)
+        out += [("u", n) for n in dict.fromkeys(undefined)]
+    if init_kept and has_init:
+        out.append(("T", init))
+    return out
