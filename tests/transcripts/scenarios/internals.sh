@@ -26,7 +26,7 @@ run "grep '^lp_busy_target ' /proc/modules | cut -d' ' -f1-5"
 run "grep -E '\\[lp_busy_target\\]' /proc/kallsyms | cut -d' ' -f2- | sort"
 
 section "and of its livepatch"
-wn $M/parameters/hold 0
+SETTLE=0.5 wn $M/parameters/hold 0
 ins lp_busy
 wait_transition_done lp_busy
 run "ls -la /sys/module/lp_busy | grep -v ' \\.\\.\$' | tr -s ' '"
@@ -39,8 +39,8 @@ wn /sys/module/lp_busy/parameters/hold 1
 wn $M/parameters/hold 1
 sleep 0.5
 run "cat /proc/\$(pgrep -x lp_busy_worker)/stack"
-wn /sys/module/lp_busy/parameters/hold 0
-wn $M/parameters/hold 0
+SETTLE=0.5 wn /sys/module/lp_busy/parameters/hold 0
+SETTLE=0.5 wn $M/parameters/hold 0
 wn /sys/module/lp_busy/uevent add
 wn /sys/module/lp_busy/uevent bogus
 w /sys/module/lp_busy/uevent ''

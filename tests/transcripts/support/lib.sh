@@ -63,13 +63,17 @@ ins() {
 # --- syscall-level probes --------------------------------------------------------
 
 # __probe TITLE KMSG SYSIO-ARGS...: print TITLE, the probe's lines indented,
-# its exit status and, if KMSG is 1, the new kernel messages.
+# its exit status and, if KMSG is 1, the new kernel messages.  SETTLE=S
+# (seconds) waits that long before reading them: for a write that wakes a
+# kthread out of msleep(100), whose message comes up to 100 ms later on any
+# kernel (prints nothing itself, so the output is the same either way).
 __probe() {
     local title=$1 with_kmsg=$2
     shift 2
     printf '%s\n' "$title"
     "$SYSIO" "$@" | __indent
     printf '  [rc=%s]\n' "${PIPESTATUS[0]}"
+    if [ -n "${SETTLE:-}" ]; then sleep "$SETTLE"; fi
     if [ "$with_kmsg" = 1 ]; then kmsg; fi
 }
 
