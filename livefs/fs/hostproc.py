@@ -207,7 +207,18 @@ class HostProc:
                     (tid, self._pid_dir(int(tid), f"{rel}/task/{tid}"))
                     for tid in sorted(_listdir(f"{HOST_PROC}/{rel}/task"), key=int)])
             return self._linked(rel, mine)
-        return Dir(perm=0o555, entries=entries)
+
+        def child(req: Request, name: str) -> Node | None:
+            """One name without listing the host directory (what ``entries``
+            would give for it)."""
+            if name == "patch_state":
+                return _patch_state(pid)
+            if name in PLAIN_LINKS:
+                return self.plain_link(f"{HOST_PROC}/{rel}/{name}")
+            if name == "task":
+                return None  # rare: found in the listing
+            return self.link(f"{rel}/{name}") if os.path.lexists(f"{HOST_PROC}/{rel}/{name}") else None
+        return Dir(perm=0o555, entries=entries, child=child)
 
     def _sys_dir(self) -> Dir:
         def kernel(req: Request) -> Iterable[tuple[str, Node]]:
@@ -216,7 +227,13 @@ class HostProc:
             yield from host_entries(f"{HOST_PROC}/sys/kernel", mine)
             yield from mine.items()
 
-        kernel_dir = Dir(perm=0o555, entries=kernel)
+        def kernel_child(req: Request, name: str) -> Node | None:
+            if name in MOCK_SYSCTLS:
+                mock_kernel = self.mock.lookup(req, "sys").lookup(req, "kernel")  # type: ignore[union-attr]
+                return mock_kernel.lookup(req, name)
+            return passthrough(f"{HOST_PROC}/sys/kernel/{name}") if name not in ("", ".", "..") else None
+
+        kernel_dir = Dir(perm=0o555, entries=kernel, child=kernel_child)
 
         def top(req: Request) -> Iterable[tuple[str, Node]]:
             for name in sorted(_listdir(f"{HOST_PROC}/sys")):
@@ -224,7 +241,12 @@ class HostProc:
                     yield name, kernel_dir
                 elif (node := passthrough(f"{HOST_PROC}/sys/{name}")) is not None:
                     yield name, node
-        return Dir(perm=0o555, entries=top)
+        def child(req: Request, name: str) -> Node | None:
+            if name == "kernel":
+                return kernel_dir
+            return passthrough(f"{HOST_PROC}/sys/{name}") if name not in ("", ".", "..") else None
+
+        return Dir(perm=0o555, entries=top, child=child)
 
     def build(self) -> Dir:
         sys_dir = self._sys_dir()
@@ -246,7 +268,20 @@ class HostProc:
                 return self._pid_dir(int(name), name)  # a thread id: not listed, still there
             return self.mock.lookup(req, name)
 
-        return Dir(perm=0o555, entries=entries, hidden=hidden)
+        def child(req: Request, name: str) -> Node | None:
+            """One name without listing every host process and model task
+            (what ``entries`` and ``hidden`` would give for it): every
+            request under /proc resolves its path through here."""
+            if name.isdigit():
+                return hidden(req, name)
+            if name == "sys":
+                return sys_dir
+            node = self.mock.lookup(req, name)
+            if node is not None:
+                return node
+            return self.link(name) if os.path.lexists(f"{HOST_PROC}/{name}") else None
+
+        return Dir(perm=0o555, entries=entries, hidden=hidden, child=child)
 
     def _top(self, host: list[str], mine: dict[str, Node]) -> Iterable[tuple[str, Node]]:
         for name in sorted(n for n in host if not n.isdigit()):
