@@ -1,7 +1,7 @@
 """/dev/kmsg: one record per write, one record per read (printk.c devkmsg_*).
 
-FUSE (libfuse 2) never hands lseek(2) to the daemon: the kernel moves the file
-position itself.  So the position of each read tells what the reader did in
+FUSE hands lseek(2) to the daemon only for SEEK_DATA and SEEK_HOLE (and not at
+all through libfuse 2): the kernel moves the file position itself.  So the position of each read tells what the reader did in
 between: the file says it is KMSG_END bytes long, every record read moves the
 position on by its length, and a read that comes somewhere else was preceded
 by a seek -- to 0 (SEEK_SET, or SEEK_DATA) or to KMSG_END (SEEK_END), which
