@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a command with the mock at the real paths (private mount namespace)")
     r.add_argument("--mount", dest="mount_dir", help="use this existing livefs mount instead of a fresh one")
+    r.add_argument("--verbose", action="store_true",
+                   help="say on stderr how the command's module syscalls reach the model")
     _common(r)
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
@@ -221,7 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # should the namespace's first process die, what it leaves becomes ours to end
     become_subreaper()
     try:
-        proc = subprocess.Popen([*unshare, "--", *inner, str(scratch), "--", *cmd])
+        env = dict(os.environ, LIVEFS_RUN_VERBOSE="1") if args.verbose else None
+        proc = subprocess.Popen([*unshare, "--", *inner, str(scratch), "--", *cmd], env=env)
 
         def forward(signum: int, frame: object) -> None:
             proc.send_signal(signum)

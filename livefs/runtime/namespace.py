@@ -21,13 +21,16 @@ import argparse
 import ctypes
 import ctypes.util
 import os
+import errno
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from livefs.fs.root import HOST_SYS_KERNEL_ENV
+from livefs.runtime import modsyscalls
 from livefs.runtime.mounts import is_livefs
 from livefs.runtime.reaper import become_subreaper, kill_descendants, open_proc
 from livefs.tools import write_tools
@@ -42,6 +45,7 @@ PR_CAPBSET_DROP = 24
 # modules, rebooting it, setting its clock, raw I/O, kexec'ing
 DROPPED_CAPS = {"CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_BOOT": 22, "CAP_SYS_TIME": 25}
 READY_TIMEOUT_S = 20.0
+VERBOSE_ENV = "LIVEFS_RUN_VERBOSE"  # set by livefs run --verbose
 
 # (path inside the mount, real path it is laid over)
 BINDS = [
@@ -138,12 +142,16 @@ def lay_over(mnt: Path, scratch: Path) -> None:
     mount(str(mnt / "overlay/proc"), "/proc", None, MS_BIND, None)
 
 
-def run_command(cmd: list[str], env: dict[str, str], parent: int) -> int:
+def run_command(cmd: list[str], env: dict[str, str], parent: int, proc_fd: int) -> int:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        proc = subprocess.Popen(cmd, env=env, preexec_fn=drop_host_caps)
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=modsyscalls.preexec_installer(theirs, drop_host_caps))
     except OSError as exc:
         print(f"livefs run: {cmd[0]}: {exc.strerror}", file=sys.stderr)
         return 127
+    finally:
+        theirs.close()
+    supervise_module_syscalls(ours, proc_fd)
 
     def forward(signum: int, frame: object) -> None:
         # the livefs run that started us is gone: so is the command
@@ -153,6 +161,26 @@ def run_command(cmd: list[str], env: dict[str, str], parent: int) -> int:
         signal.signal(s, forward)
     rc = proc.wait()
     return rc if rc >= 0 else 128 - rc
+
+
+def supervise_module_syscalls(sock: socket.socket, proc_fd: int) -> None:
+    """The command's module syscalls go to the model (modsyscalls), or, where
+    the kernel cannot hand them over, to nothing but the stand-ins on PATH."""
+    sock.settimeout(READY_TIMEOUT_S)
+    try:
+        listener, err = modsyscalls.recv_fd(sock)
+    except OSError as exc:
+        listener, err = None, exc.errno or errno.EIO
+    finally:
+        sock.close()
+    if listener is None:
+        if os.environ.get(VERBOSE_ENV):
+            print(f"livefs run: module syscalls reach only the stand-ins ({os.strerror(err)}: no seccomp user "
+                  "notification here)", file=sys.stderr)
+        return
+    modsyscalls.Supervisor(listener, proc_fd, Path("/sys/kernel/debug/livefs")).start()
+    if os.environ.get(VERBOSE_ENV):
+        print("livefs run: module syscalls go to the model (seccomp user notification)", file=sys.stderr)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -202,7 +230,7 @@ def main(argv: list[str]) -> int:
     env["LIVEFS_ROOT"] = "/"
     env["LIVEFS_MOUNT"] = str(mnt)
     try:
-        return run_command(args.cmd, env, args.parent)
+        return run_command(args.cmd, env, args.parent, proc_fd)
     finally:
         kill_descendants(proc_fd, exclude=frozenset([daemon.pid]) if daemon else frozenset())
         if daemon is not None:

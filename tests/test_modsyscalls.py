@@ -1,0 +1,105 @@
+"""Module syscalls of ``livefs run``'s command reach the model (issue 14's
+first part, livefs/runtime/modsyscalls.py): kmod's own tools by full path, and
+a program of ours that makes the syscalls itself, with the kernel's errno."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import livefs_cli
+
+HERE = Path(__file__).parent
+
+
+def _host_modules() -> str | None:
+    try:
+        return Path("/proc/modules").read_text()
+    except OSError:
+        return None
+
+
+def _kmod_tool(name: str) -> str:
+    for d in ("/usr/sbin", "/sbin", "/usr/bin", "/bin"):
+        if Path(d, name).exists():
+            return f"{d}/{name}"
+    pytest.fail(f"kmod's {name} is not installed (Debian: apt-get install kmod)")
+
+
+@pytest.fixture
+def workdir(require_fuse, tmp_path: Path) -> Path:
+    assert livefs_cli("modules", "export", str(tmp_path / "m"), "test_klp_livepatch").returncode == 0
+    return tmp_path
+
+
+def run(workdir: Path, script: str) -> subprocess.CompletedProcess:
+    return livefs_cli("run", "--cpus", "1", "--verbose", "--", "bash", "-c", script, cwd=workdir, timeout=120)
+
+
+def test_kmod_tools_by_full_path_load_into_the_model(workdir: Path) -> None:
+    host = _host_modules()
+    insmod, rmmod = _kmod_tool("insmod"), _kmod_tool("rmmod")
+    lp = "/sys/kernel/livepatch/test_klp_livepatch"
+    r = run(workdir, f"""
+        {insmod} m/test_klp_livepatch.ko; echo "insmod $?"
+        cat {lp}/enabled
+        {insmod} m/test_klp_livepatch.ko; echo "again $?"
+        {rmmod} test_klp_livepatch; echo "busy $?"
+        echo 0 > {lp}/enabled
+        {rmmod} test_klp_livepatch; echo "rmmod $?"
+        [[ -e /sys/module/test_klp_livepatch ]] || echo gone
+        {rmmod} test_klp_livepatch; echo "twice $?"
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["insmod 0", "1", "again 1", "busy 1", "rmmod 0", "gone", "twice 1"]
+    # kmod's own words, with the model's errno
+    assert "insmod: ERROR: could not insert module m/test_klp_livepatch.ko: File exists" in r.stderr
+    assert "rmmod: ERROR: Module test_klp_livepatch is in use" in r.stderr
+    assert "rmmod: ERROR: Module test_klp_livepatch is not currently loaded" in r.stderr
+    assert "livefs run: module syscalls go to the model (seccomp user notification)" in r.stderr
+    assert _host_modules() == host
+
+
+def test_a_program_making_the_syscalls_gets_the_kernels_errno(workdir: Path) -> None:
+    cc = shutil.which("cc") or pytest.fail("a C compiler is needed (Debian: apt-get install gcc)")
+    subprocess.run([cc, "-O", "-o", str(workdir / "modcall"), str(HERE / "helpers/modcall.c")], check=True)
+    (workdir / "junk.ko").write_bytes(bytes(range(256)) * 4)
+    (workdir / "empty.ko").write_bytes(b"")
+    host = _host_modules()
+    r = run(workdir, """
+        ./modcall finit m/test_klp_livepatch.ko ""
+        ./modcall finit m/test_klp_livepatch.ko ""
+        ./modcall delete test_klp_livepatch
+        echo 0 > /sys/kernel/livepatch/test_klp_livepatch/enabled
+        ./modcall delete test_klp_livepatch
+        ./modcall delete test_klp_livepatch
+        ./modcall init m/test_klp_livepatch.ko ""
+        echo 0 > /sys/kernel/livepatch/test_klp_livepatch/enabled
+        ./modcall delete test_klp_livepatch
+        ./modcall finit junk.ko ""
+        ./modcall init junk.ko ""
+        ./modcall finit empty.ko ""
+        ./modcall finit /dev/null ""
+        ./modcall finit m/test_klp_livepatch.ko "bogus=1"
+        dmesg | grep -c "unknown parameter 'bogus' ignored"
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "0 0",            # finit_module: loaded
+        "-1 EEXIST",      # again
+        "-1 EAGAIN",      # delete_module(O_NONBLOCK) of a module in use: EWOULDBLOCK
+        "0 0",            # disabled: removed
+        "-1 ENOENT",      # not loaded
+        "0 0",            # init_module from memory
+        "0 0",
+        "-1 ENOEXEC",     # not an ELF module
+        "-1 ENOEXEC",
+        "-1 EINVAL",      # kernel_read_file(): nothing to read
+        "-1 EINVAL",      # not a regular file
+        "0 0",            # an unknown parameter is ignored, with a warning
+        "1",
+    ]
+    assert _host_modules() == host
