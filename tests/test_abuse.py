@@ -70,11 +70,17 @@ DUMPED = ("sys/kernel/livepatch", "sys/module", "proc/sys/kernel", "sys/kernel/d
           "sys/kernel/debug/dynamic_debug", "sys/kernel/debug/kprobes", "sys/kernel/tracing")
 
 
+# the kernel's log, seen as syslog(2) sees it: a refusal may log, as the kernel's do
+LOG_VIEWS = ("sys/kernel/debug/livefs/syslog",)
+
+
 def _dump(root: Dir, req: Request) -> dict[str, bytes | str]:
     """Every readable file under DUMPED and every task's comm, as read now."""
     out: dict[str, bytes | str] = {}
 
     def walk(path: str, node) -> None:
+        if path in LOG_VIEWS:
+            return
         if isinstance(node, Dir):
             out[path] = "dir"
             for name, child in node.listing(req):

@@ -103,3 +103,39 @@ def test_a_program_making_the_syscalls_gets_the_kernels_errno(workdir: Path) -> 
         "1",
     ]
     assert _host_modules() == host
+
+
+def _host_log_head() -> str:
+    r = subprocess.run(["dmesg"], capture_output=True, text=True)
+    return r.stdout.splitlines()[0] if r.returncode == 0 and r.stdout else r.stderr
+
+
+def test_util_linux_dmesg_reads_and_clears_the_models_log(workdir: Path) -> None:
+    """The real dmesg: through /dev/kmsg (with its SEEK_DATA after a clear),
+    and through syslog(2) for -S, -c and -C, which clear the model's log and
+    never the host's."""
+    dmesg = _kmod_tool("dmesg")
+    host = _host_log_head()
+    r = run(workdir, f"""
+        echo first > /dev/kmsg
+        {dmesg} | tail -1
+        {dmesg} -r | tail -1
+        {dmesg} -x | tail -1
+        {dmesg} -S | tail -1
+        {dmesg} -c | tail -1
+        echo "after -c: $({dmesg} | wc -l) $({dmesg} -S | wc -l)"
+        echo second > /dev/kmsg
+        {dmesg} --notime
+        {dmesg} -C
+        echo "after -C: $({dmesg} | wc -l)"
+        timeout 2 {dmesg} -w --notime & sleep 0.7; echo third > /dev/kmsg; wait
+    """)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("] first") and lines[0].startswith("[")
+    # <12> (LOG_USER | LOG_WARNING); util-linux before 2.39 prints it as <5> (its LOG_MAKEPRI bug)
+    assert lines[1].split("[")[0] in ("<12>", "<5>") and lines[1].endswith("] first")
+    assert lines[2].startswith("user  :warn  : [") and lines[2].endswith("] first")
+    assert lines[3].endswith("] first") and lines[4].endswith("] first")
+    assert lines[5:] == ["after -c: 0 0", "second", "after -C: 0", "third"]
+    assert _host_log_head() == host

@@ -70,6 +70,9 @@ def debug_dir(tracing: Dir) -> Dir:
         ("delete_module", Attr(perm=0o222, st_size=0, store=_delete_module)),
         ("kmsg_clear_seq", Attr(perm=0o644, st_size=0, show=lambda r: f"{r.kernel.printk.clear_seq}\n",
                                 store=_clear_store)),
+        # what syslog(2) reads (livefs run answers the command's syslog calls
+        # from it): the records since the last clear, each ended by a NUL
+        ("syslog", Attr(perm=0o400, st_size=0, show=lambda r: "".join(f"{t}\0" for t in r.kernel.printk.syslog_texts()))),
         ("catalog", Attr(perm=0o444, st_size=0, show=lambda r: "".join(f"{n}\n" for n in catalog()))),
         ("getpid", Attr(perm=0o444, st_size=0,
                         show=lambda r: f"{r.kernel.call(r.task, 'vmlinux', '__x64_sys_getpid')}\n")),

@@ -193,6 +193,22 @@ class LivefsOperations(fuse.Operations):
             if self.owner.stopping or fuse_session.session_exited() or fuse_session.interrupted():
                 raise _err(errno.EINTR)
 
+    def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
+        """SEEK_DATA and SEEK_HOLE (the only ones the kernel passes on), for a
+        handle with its own llseek (``/dev/kmsg``); EINVAL, as
+        default_llseek() says for SEEK_HOLE, for the rest."""
+        def fn(req: Request) -> int:
+            handle = self._handle(fh)
+            seek = getattr(handle, "llseek", None)
+            if seek is None:
+                raise _err(errno.EINVAL)
+            ret = seek(req, offset, whence)
+            if ret < 0:
+                raise _err(-ret)
+            handle.pos = ret  # where the kernel now keeps the reader
+            return ret
+        return self._call(fn)
+
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         def fn(req: Request) -> int:
             ret = self._handle(fh).write(req, data)

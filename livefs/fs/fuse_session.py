@@ -212,6 +212,17 @@ def _main_replaced(session: Session) -> Iterator[None]:
         fuse.fuse_main_real = saved
 
 
+class Fuse(fuse.FUSE):
+    """mfusepy's FUSE with libfuse 3's lseek: the kernel hands SEEK_DATA and
+    SEEK_HOLE to the filesystem (it answers SEEK_SET, SEEK_CUR and SEEK_END
+    itself); ``operations.lseek(path, offset, whence, fh)`` gives the new
+    offset or raises an OSError."""
+
+    def lseek(self, path: bytes | None, offset: int, whence: int, fip) -> int:
+        return self.operations.lseek(None if path is None else path.decode(self.encoding, self.errors),
+                                     offset, whence, fip.contents.fh)
+
+
 def run(operations: fuse.Operations, mountpoint: str, is_stream: Callable[[int], bool], **options) -> None:
     """Mount ``operations`` at ``mountpoint`` and serve it until unmounted or
     signalled (SIGTERM, SIGINT, SIGHUP)."""
@@ -220,7 +231,7 @@ def run(operations: fuse.Operations, mountpoint: str, is_stream: Callable[[int],
         return
     session = Session(is_stream)
     with _main_replaced(session):
-        fuse.FUSE(operations, mountpoint, foreground=True, **options)
+        Fuse(operations, mountpoint, foreground=True, **options)
 
 
 def session_exited() -> bool:

@@ -114,6 +114,19 @@ class Printk:
     def first_seq(self) -> int:
         return self.records[0].seq if self.records else self.next_seq
 
+    def syslog_texts(self) -> list[str]:
+        """syslog(2)'s view (SYSLOG_ACTION_READ_ALL): each record from the
+        last clear on, every line of it prefixed "<pri>[secs.usecs] " as
+        record_print_text() does for syslog (no CONFIG_PRINTK_CALLER)."""
+        out = []
+        for rec in self.records:
+            if rec.seq < self.clear_seq:
+                continue
+            usec = rec.ts_ns // 1000
+            head = f"<{rec.prefix}>[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] "
+            out.append("".join(f"{head}{line}\n" for line in rec.text.split("\n")))
+        return out
+
     def record_at(self, seq: int) -> LogRecord | None:
         if not self.records or seq < self.records[0].seq or seq >= self.next_seq:
             return None

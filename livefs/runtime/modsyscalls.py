@@ -1,4 +1,4 @@
-"""Module syscalls of ``livefs run``'s command, delivered to the model.
+"""Module syscalls (and syslog) of ``livefs run``'s command, delivered to the model.
 
 The command starts under a seccomp filter that hands ``init_module``,
 ``finit_module`` and ``delete_module`` to a supervisor (SECCOMP_RET_USER_NOTIF)
@@ -13,7 +13,8 @@ the parameter string and the module name from its memory, through the real
 procfs), makes the same request the kmod stand-ins make (the mock's
 ``sys/kernel/debug/livefs/{init,delete}_module``) from a thread named as the
 caller is, so the model's log says ``Comm: insmod``, and answers with what the
-model said.  A filter that cannot be installed (a kernel before 5.0) leaves
+model said.  syslog(2) is answered from the model's log too (``dmesg -c`` and
+``dmesg -C`` clear the model's, never the host's).  A filter that cannot be installed (a kernel before 5.0) leaves
 the command with the stand-ins alone, and ``--verbose`` says so.  The command
 never has CAP_SYS_MODULE either way: a call the filter does not see fails
 closed in the host kernel.
@@ -39,8 +40,13 @@ _libc.syscall.restype = ctypes.c_long
 # x86_64 only: calls made through another ABI (i386, x32) pass the filter and
 # reach the host kernel, which refuses them: the command has no CAP_SYS_MODULE
 AUDIT_ARCH_X86_64 = 0xC000003E
-NR_INIT_MODULE, NR_DELETE_MODULE, NR_FINIT_MODULE = 175, 176, 313
-SYSCALLS = {NR_INIT_MODULE: "init_module", NR_DELETE_MODULE: "delete_module", NR_FINIT_MODULE: "finit_module"}
+NR_SYSLOG, NR_INIT_MODULE, NR_DELETE_MODULE, NR_FINIT_MODULE = 103, 175, 176, 313
+SYSCALLS = {NR_INIT_MODULE: "init_module", NR_DELETE_MODULE: "delete_module", NR_FINIT_MODULE: "finit_module",
+            NR_SYSLOG: "syslog"}
+# syslog(2) actions (include/linux/syslog.h)
+(SYSLOG_CLOSE, SYSLOG_OPEN, SYSLOG_READ, SYSLOG_READ_ALL, SYSLOG_READ_CLEAR, SYSLOG_CLEAR, SYSLOG_CONSOLE_OFF,
+ SYSLOG_CONSOLE_ON, SYSLOG_CONSOLE_LEVEL, SYSLOG_SIZE_UNREAD, SYSLOG_SIZE_BUFFER) = range(11)
+LOG_BUF_LEN = 1 << 17  # CONFIG_LOG_BUF_SHIFT=17, as the model's ring (livefs.kernel.printk)
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
@@ -138,7 +144,7 @@ class Supervisor:
         try:
             _name_thread(self._comm(pid))
             ret = {NR_INIT_MODULE: self._init_module, NR_FINIT_MODULE: self._finit_module,
-                   NR_DELETE_MODULE: self._delete_module}[nr](pid, args, nid)
+                   NR_DELETE_MODULE: self._delete_module, NR_SYSLOG: self._syslog}[nr](pid, args, nid)
         except OSError as exc:
             ret = -(exc.errno or errno.EIO)
         self._respond(nid, ret)
@@ -251,6 +257,71 @@ class Supervisor:
             return -errno.EINTR
         return self._write("delete_module", name)
 
+    def _syslog(self, pid: int, args: list[int], nid: int) -> int:
+        """do_syslog() over the model's log: read (all, or all and clear),
+        clear, sizes; the console actions change nothing here.  SYSLOG_ACTION_READ
+        (klogd's blocking read) is not modelled: EPERM, as without CAP_SYSLOG."""
+        action = ctypes.c_int(args[0] & 0xFFFFFFFF).value
+        buf, length = args[1], ctypes.c_int(args[2] & 0xFFFFFFFF).value
+        root = self._euid(pid) == 0
+        if action in (SYSLOG_CLOSE, SYSLOG_OPEN):
+            return 0
+        if action in (SYSLOG_READ_ALL, SYSLOG_SIZE_BUFFER) and not root and _dmesg_restricted():
+            return -errno.EPERM
+        if action not in (SYSLOG_READ_ALL, SYSLOG_SIZE_BUFFER) and not root:
+            return -errno.EPERM
+        if action == SYSLOG_SIZE_BUFFER:
+            return LOG_BUF_LEN
+        if action == SYSLOG_SIZE_UNREAD:
+            return sum(len(t.encode()) for t in self._texts())
+        if action == SYSLOG_CLEAR:
+            return self._write("kmsg_clear_seq", b"1")
+        if action in (SYSLOG_CONSOLE_OFF, SYSLOG_CONSOLE_ON):
+            return 0
+        if action == SYSLOG_CONSOLE_LEVEL:
+            return 0 if 1 <= length <= 8 else -errno.EINVAL
+        if action not in (SYSLOG_READ_ALL, SYSLOG_READ_CLEAR):
+            return -errno.EPERM if action == SYSLOG_READ else -errno.EINVAL
+        if not buf or length < 0:
+            return -errno.EINVAL
+        picked: list[bytes] = []
+        room = length
+        for text in reversed([t.encode() for t in self._texts()]):  # the newest that fit
+            if len(text) > room:
+                break
+            picked.insert(0, text)
+            room -= len(text)
+        data = b"".join(picked)
+        if not self._still_waiting(nid):
+            return -errno.EINTR
+        try:
+            mem = self._open(pid, "mem", os.O_RDWR)
+            try:
+                os.pwrite(mem, data, buf)
+            finally:
+                os.close(mem)
+        except OSError:
+            return -errno.EFAULT
+        if action == SYSLOG_READ_CLEAR:
+            self._write("kmsg_clear_seq", b"1")
+        return len(data)
+
+    def _texts(self) -> list[str]:
+        fd = os.open(self.control / "syslog", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return [t for t in b"".join(chunks).decode("utf-8", "surrogateescape").split("\0") if t]
+
+    def _euid(self, pid: int) -> int:
+        try:
+            return os.stat(str(pid), dir_fd=self.proc_fd).st_uid
+        except OSError:
+            return 0
+
     def _load(self, image: bytes, params: bytes) -> int:
         record = params + b"\0" + image
         return self._write("init_module", f"{len(record)}\n".encode() + record)
@@ -271,6 +342,11 @@ class Supervisor:
     def _respond(self, nid: int, ret: int) -> None:
         resp = ctypes.create_string_buffer(RESP.pack(nid, 0 if ret < 0 else ret, ret if ret < 0 else 0, 0), RESP.size)
         _libc.ioctl(self.listener, SECCOMP_IOCTL_NOTIF_SEND, ctypes.addressof(resp))  # ENOENT: the caller is gone
+
+
+def _dmesg_restricted() -> bool:
+    from livefs.fs.hostproc import host_dmesg_restrict
+    return host_dmesg_restrict()
 
 
 def _name_thread(comm: str) -> None:
