@@ -19,8 +19,9 @@ from pathlib import Path
 STATE_DIRS = ("sys/kernel/livepatch", "sys/module", "proc/sys/kernel", "sys/kernel/debug/livefs",
               "sys/kernel/debug/dynamic_debug", "sys/kernel/debug/kprobes", "sys/kernel/tracing")
 # files whose bytes move on their own: the trace buffer (our own writes are
-# traced), the staged-task list (our own process is a task), streams that block
-UNSTABLE = {"trace", "trace_pipe", "tasks", "kmsg", "transitions.json"}  # the last: the model clock
+# traced), the staged-task list (our own process is a task), streams that block,
+# the kernel's log as syslog(2) reads it (a refusal may log, as the kernel's do)
+UNSTABLE = {"trace", "trace_pipe", "tasks", "kmsg", "transitions.json", "syslog"}  # transitions.json: the model clock
 SIZES = (0, 1, 2, 7, 64, 4095, 4096, 4097, 70_000)
 
 

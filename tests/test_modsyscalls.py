@@ -4,6 +4,7 @@ a program of ours that makes the syscalls itself, with the kernel's errno."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -139,3 +140,27 @@ def test_util_linux_dmesg_reads_and_clears_the_models_log(workdir: Path) -> None
     assert lines[3].endswith("] first") and lines[4].endswith("] first")
     assert lines[5:] == ["after -c: 0 0", "second", "after -C: 0", "third"]
     assert _host_log_head() == host
+
+
+def test_modprobe_finds_the_catalog_by_name(workdir: Path) -> None:
+    """/lib/modules/$(uname -r) of the run holds the catalog's stand-ins with
+    depmod's indexes: kmod's modprobe and modinfo work by module name."""
+    modprobe, modinfo = _kmod_tool("modprobe"), _kmod_tool("modinfo")
+    host = _host_modules()
+    lp = "/sys/kernel/livepatch/test_klp_livepatch"
+    r = run(workdir, f"""
+        {modprobe} test_klp_livepatch; echo "modprobe $?"
+        cat {lp}/enabled
+        {modprobe} -r test_klp_livepatch; echo "busy $?"
+        echo 0 > {lp}/enabled
+        {modprobe} -r test_klp_livepatch; echo "removed $?"
+        [[ -e /sys/module/test_klp_livepatch ]] || echo gone
+        {modprobe} no_such_module; echo "unknown $?"
+        {modinfo} -F livepatch test_klp_livepatch
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["modprobe 0", "1", "busy 1", "removed 0", "gone", "unknown 1", "Y"]
+    assert "modprobe: FATAL: Module test_klp_livepatch is in use." in r.stderr
+    assert "modprobe: FATAL: Module no_such_module not found in directory /lib/modules/" in r.stderr
+    assert _host_modules() == host
+    assert not Path(f"/lib/modules/{os.uname().release}/extra/test_klp_livepatch.ko").exists()

@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import os
 import errno
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,6 +101,29 @@ def provide_directory(path: Path, scratch: Path) -> None:
     (anchor / rel).mkdir(parents=True, exist_ok=True)
 
 
+def provide_module_tree(scratch: Path) -> None:
+    """This namespace's /lib/modules/$(uname -r): the catalog's stand-ins in
+    extra/ with depmod's indexes, so the host's own modprobe finds them by name
+    (and loads them into the model: modsyscalls), and build/ (the host's own
+    when it has one).  The host's real modules are out of sight here: none of
+    them could be loaded anyway."""
+    release = os.uname().release
+    top = Path(f"/lib/modules/{release}")
+    host_build = os.path.realpath(top / "build") if (top / "build").is_dir() else None
+    provide_directory(top / "build", scratch / "modules")
+    mount("tmpfs", str(top), "tmpfs", 0, "mode=0755,size=16m")
+    (top / "build").mkdir()
+    if host_build is not None:
+        mount(host_build, str(top / "build"), None, MS_BIND, None)
+    from livefs.catalog import image
+    list(image.export(top / "extra", release, None))
+    depmod = shutil.which("depmod") or next((p for p in ("/usr/sbin/depmod", "/sbin/depmod") if os.path.exists(p)),
+                                            None)
+    if depmod is not None:  # without it modprobe finds nothing, as on a machine without depmod's files
+        subprocess.run([depmod, "-a", release], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       check=False)
+
+
 def start_daemon(mnt: Path, log: Path, daemon_args: list[str]) -> subprocess.Popen:
     # the mock goes over /sys/kernel: the daemon serves the host's other entries there
     env = dict(os.environ, **{HOST_SYS_KERNEL_ENV: "/sys/kernel"})
@@ -135,7 +159,7 @@ def lay_over(mnt: Path, scratch: Path) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE, None)
     for inner, real in BINDS:
         mount(str(mnt / inner), real, None, MS_BIND, None)
-    provide_directory(Path(f"/lib/modules/{os.uname().release}/build"), scratch / "modules")
+    provide_module_tree(scratch)
     # last: the real procfs moves aside (into the mount) and the mock's /proc,
     # which links back to it for everything it does not model, takes its place
     mount("/proc", str(mnt / "overlay/hostproc"), None, MS_BIND | MS_REC, None)
