@@ -37,9 +37,19 @@ def workdir(tmp_path_factory) -> Path:
     return d
 
 
+# the host's own tool directories, and where the livefs command itself is
+REAL_TOOLS_PATH = f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.mark.parametrize("own_tools", [False, True], ids=["stand-ins", "hosts-own-tools"])
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
-def test_script_passes_under_livefs_run(require_fuse, workdir, script):
-    r = subprocess.run([sys.executable, "-m", "livefs", "run", *script_run_args(script), "--", str(script)],
+def test_script_passes_under_livefs_run(require_fuse, workdir, script, own_tools):
+    """Each script with the kmod and dmesg stand-ins first on PATH (the
+    default), and with only the host's own tools (kmod's insmod, rmmod,
+    modinfo, modprobe and util-linux's dmesg, reaching the model through
+    their syscalls)."""
+    path = ["env", f"PATH={REAL_TOOLS_PATH}"] if own_tools else []
+    r = subprocess.run([sys.executable, "-m", "livefs", "run", *script_run_args(script), "--", *path, str(script)],
                        cwd=workdir, capture_output=True, text=True, timeout=300)
     lines = [line for line in r.stdout.splitlines() if line.startswith("TEST:")]
     if r.returncode == 4:  # the kselftest skip code: say why, visibly (under CI=true lib.sh fails instead)
