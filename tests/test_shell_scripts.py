@@ -44,11 +44,19 @@ REAL_TOOLS_PATH = f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin
 @pytest.mark.parametrize("own_tools", [False, True], ids=["stand-ins", "hosts-own-tools"])
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
 def test_script_passes_under_livefs_run(require_fuse, workdir, script, own_tools):
-    """Each script with the kmod and dmesg stand-ins first on PATH (the
-    default), and with only the host's own tools (kmod's insmod, rmmod,
+    """Each script with only the host's own tools (kmod's insmod, rmmod,
     modinfo, modprobe and util-linux's dmesg, reaching the model through
-    their syscalls)."""
-    path = ["env", f"PATH={REAL_TOOLS_PATH}"] if own_tools else []
+    their syscalls: what livefs run gives where seccomp can hand them over),
+    and with the kmod and dmesg stand-ins first on PATH (what it gives
+    elsewhere)."""
+    if own_tools:
+        path = ["env", f"PATH={REAL_TOOLS_PATH}"]
+    else:
+        stand_ins = workdir / "stand-ins"
+        if not stand_ins.exists():
+            assert subprocess.run([sys.executable, "-m", "livefs", "tools", str(stand_ins)],
+                                  capture_output=True).returncode == 0
+        path = ["env", f"PATH={stand_ins}:{REAL_TOOLS_PATH}"]
     r = subprocess.run([sys.executable, "-m", "livefs", "run", *script_run_args(script), "--", *path, str(script)],
                        cwd=workdir, capture_output=True, text=True, timeout=300)
     lines = [line for line in r.stdout.splitlines() if line.startswith("TEST:")]

@@ -92,6 +92,18 @@ def _program() -> list[tuple[int, int, int, int]]:
     return prog
 
 
+def available() -> bool:
+    """The kernel hands syscalls to a supervisor (5.0 and later, and x86_64,
+    the one ABI the filter knows)."""
+    if os.uname().machine != "x86_64":
+        return False
+    try:
+        with open("/proc/sys/kernel/seccomp/actions_avail") as f:
+            return "user_notif" in f.read().split()
+    except OSError:
+        return False
+
+
 def install_filter() -> int:
     """In the command's process, before exec: the filter, and its listener fd
     (negative errno when the kernel has no user notification)."""

@@ -187,6 +187,21 @@ def run_command(cmd: list[str], env: dict[str, str], parent: int, proc_fd: int) 
     return rc if rc >= 0 else 128 - rc
 
 
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def command_path(tools: Path, path: str, own_tools: bool) -> str:
+    """The command's PATH.  Where module syscalls reach the model (modsyscalls)
+    and kmod is installed, the host's own tools do the work, with the sbin
+    directories a root shell has (a normal user's PATH lacks them, and inside
+    the run they are root); elsewhere the stand-ins come first."""
+    dirs = [d for d in (path or "/usr/local/bin:/usr/bin:/bin").split(os.pathsep) if d]
+    with_sbin = dirs + [d for d in SBIN if d not in dirs]
+    if own_tools and shutil.which("insmod", path=os.pathsep.join(with_sbin)):
+        return os.pathsep.join(with_sbin)
+    return os.pathsep.join([str(tools), *dirs])
+
+
 def supervise_module_syscalls(sock: socket.socket, proc_fd: int) -> None:
     """The command's module syscalls go to the model (modsyscalls), or, where
     the kernel cannot hand them over, to nothing but the stand-ins on PATH."""
@@ -204,7 +219,8 @@ def supervise_module_syscalls(sock: socket.socket, proc_fd: int) -> None:
         return
     modsyscalls.Supervisor(listener, proc_fd, Path("/sys/kernel/debug/livefs")).start()
     if os.environ.get(VERBOSE_ENV):
-        print("livefs run: module syscalls go to the model (seccomp user notification)", file=sys.stderr)
+        print("livefs run: module syscalls go to the model (seccomp user notification): the host's own kmod "
+              "and dmesg are on PATH", file=sys.stderr)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -231,6 +247,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != args.parent:
         return 1
     proc_fd = open_proc()
+    own_tools = modsyscalls.available()  # asked of the real /proc, before the mock's covers it
     scratch = Path(args.scratch)
     mount("tmpfs", str(scratch), "tmpfs", 0, "mode=0755,size=16m")
     tools = scratch / "bin"
@@ -250,7 +267,7 @@ def main(argv: list[str]) -> int:
             stop_daemon(daemon)
         return 1
     env = dict(os.environ)
-    env["PATH"] = f"{tools}{os.pathsep}{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    env["PATH"] = command_path(tools, env.get("PATH", ""), own_tools)
     env["LIVEFS_ROOT"] = "/"
     env["LIVEFS_MOUNT"] = str(mnt)
     try:
