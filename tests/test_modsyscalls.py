@@ -164,3 +164,30 @@ def test_modprobe_finds_the_catalog_by_name(workdir: Path) -> None:
     assert "modprobe: FATAL: Module no_such_module not found in directory /lib/modules/" in r.stderr
     assert _host_modules() == host
     assert not Path(f"/lib/modules/{os.uname().release}/extra/test_klp_livepatch.ko").exists()
+
+
+def test_a_patched_getpid_switches_each_caller_at_its_own_kernel_exit(workdir: Path) -> None:
+    """test_klp_syscall patches getpid: compiled callers of getpid (nothing
+    of ours in them) each switch at their own kernel exit, so the patch counts
+    every one of them, and getpid still returns each caller's pid; unpatched,
+    getpid is the host's."""
+    cc = shutil.which("cc") or pytest.fail("a C compiler is needed (Debian: apt-get install gcc)")
+    subprocess.run([cc, "-O", "-o", str(workdir / "callgetpid"), str(HERE / "helpers/callgetpid.c")], check=True)
+    assert livefs_cli("modules", "export", str(workdir / "m"), "test_klp_syscall").returncode == 0
+    lp = "/sys/kernel/livepatch/test_klp_syscall"
+    r = livefs_cli("run", "--cpus", "2", "--fast-forward", "--", "bash", "-c", f"""
+        for i in 1 2 3; do ./callgetpid > out.$i & pids[$i]=$!; done
+        insmod m/test_klp_syscall.ko klp_pids=$(echo ${{pids[@]}} | tr ' ' ',')
+        for i in $(seq 100); do [[ $(cat /sys/kernel/test_klp_syscall/npids) == 0 ]] && break; sleep 0.1; done
+        echo "npids $(cat /sys/kernel/test_klp_syscall/npids)"
+        while [[ $(cat {lp}/transition) == 1 ]]; do sleep 0.1; done
+        cat {lp}/enabled
+        kill ${{pids[@]}}; wait
+        for i in 1 2 3; do [[ $(cat out.$i) == ${{pids[$i]}} ]] && echo "pid $i ok"; done
+        echo 0 > {lp}/enabled
+        while [[ -e {lp} ]]; do sleep 0.1; done
+        rmmod test_klp_syscall && echo removed
+        ./callgetpid > out.4 & p=$!; sleep 0.2; kill $p; wait; [[ $(cat out.4) == $p ]] && echo "unpatched ok"
+    """, cwd=workdir, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == ["npids 0", "1", "pid 1 ok", "pid 2 ok", "pid 3 ok", "removed", "unpatched ok"]

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import errno
 
+import attrs
+
 from livefs.catalog import catalog, image
 
 from livefs.kernel.livepatch.status import render_status, status_json, transitions_json
 
 from . import staging
 from .tracefs import kprobes_dir
-from .tree import Attr, Dir, Request
+from .hostproc import host_process_info
+from .tree import Attr, Dir, Request, Stream
+
+# the syscalls livefs run's supervisor can make on a process's behalf, with
+# the vmlinux function a livepatch patches for each
+SYSCALL_FUNCS = {"getpid": "__x64_sys_getpid"}
 
 
 def _control_store(req: Request, data: bytes) -> int:
@@ -46,6 +53,39 @@ def _delete_module(req: Request, data: bytes) -> int:
     return req.kernel.delete_module(name)
 
 
+@attrs.define(eq=False)
+class SyscallHandle:
+    """``livefs/syscall``: write "NAME PID", read the return value.  livefs
+    run's supervisor makes a syscall a livepatch patches (getpid) here on
+    behalf of process PID, which enters and leaves the model's kernel as that
+    task (and so switches on its way out, as on a real kernel)."""
+
+    result: bytes = b""
+
+    def write(self, req: Request, data: bytes) -> int:
+        if not req.capable:
+            return -errno.EPERM
+        words = data.decode("ascii", "replace").split()
+        if len(words) != 2 or words[0] not in SYSCALL_FUNCS or not words[1].isdigit():
+            return -errno.EINVAL
+        k, pid = req.kernel, int(words[1])
+        task = k.tasks.get(pid) or k.task_for(pid, *host_process_info(pid))
+        with k.syscall(task):
+            value = k.call(task, "vmlinux", SYSCALL_FUNCS[words[0]])
+        self.result = f"{value}\n".encode()
+        return len(data)
+
+    def read(self, req: Request, size: int, offset: int) -> bytes:
+        return self.result[offset:offset + size]
+
+
+def _patched_syscalls(req: Request) -> str:
+    """The syscalls (of SYSCALL_FUNCS) some livepatch replaces: those livefs run routes to the model."""
+    patched = {f.old_name for p in req.kernel.livepatch.sysfs_patches for o in p.objs if o.name is None
+               for f in o.funcs}
+    return "".join(f"{name}\n" for name, func in SYSCALL_FUNCS.items() if func in patched)
+
+
 def _clear_store(req: Request, data: bytes) -> int:
     req.kernel.printk.clear_seq = req.kernel.printk.next_seq
     return 0
@@ -77,6 +117,8 @@ def debug_dir(tracing: Dir) -> Dir:
         ("getpid", Attr(perm=0o444, st_size=0,
                         show=lambda r: f"{r.kernel.call(r.task, 'vmlinux', '__x64_sys_getpid')}\n")),
         ("static_keys", Attr(perm=0o444, st_size=0, show=lambda r: r.kernel.jump_labels.render())),
+        ("syscall", Stream(perm=0o600, opener=lambda r, flags: SyscallHandle())),
+        ("syscalls_patched", Attr(perm=0o444, st_size=0, show=_patched_syscalls)),
         ("tasks", Attr(perm=0o600, st_size=0, show=staging.show, store=staging.store)),
         ("transition", Attr(perm=0o444, st_size=0, show=lambda r: render_status(r.kernel))),
         ("status.json", Attr(perm=0o444, st_size=0, show=lambda r: status_json(r.kernel))),

@@ -14,7 +14,10 @@ procfs), makes the same request the kmod stand-ins make (the mock's
 ``sys/kernel/debug/livefs/{init,delete}_module``) from a thread named as the
 caller is, so the model's log says ``Comm: insmod``, and answers with what the
 model said.  syslog(2) is answered from the model's log too (``dmesg -c`` and
-``dmesg -C`` clear the model's, never the host's).  A filter that cannot be installed (a kernel before 5.0) leaves
+``dmesg -C`` clear the model's, never the host's).  getpid(2), which a
+livepatch may patch (test_klp_syscall), goes on to the host kernel unless a
+patch replaces it; then the model makes it as the calling task (which so
+enters and leaves the model's kernel and switches on its way out).  A filter that cannot be installed (a kernel before 5.0) leaves
 the command with the stand-ins alone, and ``--verbose`` says so.  The command
 never has CAP_SYS_MODULE either way: a call the filter does not see fails
 closed in the host kernel.
@@ -30,6 +33,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -40,9 +44,11 @@ _libc.syscall.restype = ctypes.c_long
 # x86_64 only: calls made through another ABI (i386, x32) pass the filter and
 # reach the host kernel, which refuses them: the command has no CAP_SYS_MODULE
 AUDIT_ARCH_X86_64 = 0xC000003E
-NR_SYSLOG, NR_INIT_MODULE, NR_DELETE_MODULE, NR_FINIT_MODULE = 103, 175, 176, 313
+NR_GETPID, NR_SYSLOG, NR_INIT_MODULE, NR_DELETE_MODULE, NR_FINIT_MODULE = 39, 103, 175, 176, 313
 SYSCALLS = {NR_INIT_MODULE: "init_module", NR_DELETE_MODULE: "delete_module", NR_FINIT_MODULE: "finit_module",
-            NR_SYSLOG: "syslog"}
+            NR_SYSLOG: "syslog", NR_GETPID: "getpid"}
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+PATCHED_CACHE_S = 0.02  # how long "is getpid patched?" is taken as known
 # syslog(2) actions (include/linux/syslog.h)
 (SYSLOG_CLOSE, SYSLOG_OPEN, SYSLOG_READ, SYSLOG_READ_ALL, SYSLOG_READ_CLEAR, SYSLOG_CLEAR, SYSLOG_CONSOLE_OFF,
  SYSLOG_CONSOLE_ON, SYSLOG_CONSOLE_LEVEL, SYSLOG_SIZE_UNREAD, SYSLOG_SIZE_BUFFER) = range(11)
@@ -135,6 +141,8 @@ class Supervisor:
         self.control = control  # the mock's sys/kernel/debug/livefs
         self.thread = threading.Thread(target=self._loop, name="livefs-modsyscalls", daemon=True)
         self.calls = 0
+        self._patched_at = -1.0
+        self._patched_set: set[str] = set()
 
     def start(self) -> None:
         self.thread.start()
@@ -149,17 +157,26 @@ class Supervisor:
                 return  # the filter's last user is gone
             nid, pid, _, nr, _, _, *args = NOTIF.unpack(buf.raw)
             self.calls += 1
-            worker = threading.Thread(target=self._answer, args=(nid, pid, nr, args), daemon=True)
-            worker.start()
+            try:
+                if nr == NR_GETPID and not self._patched("getpid"):
+                    self._continue(nid)  # the host kernel answers, as if nothing had stopped it
+                    continue
+                worker = threading.Thread(target=self._answer, args=(nid, pid, nr, args), daemon=True)
+                worker.start()
+            except Exception:  # the loop must live: every caller of the filter waits on it
+                self._respond(nid, -errno.EAGAIN if nr != NR_GETPID else -errno.ENOSYS)
 
     def _answer(self, nid: int, pid: int, nr: int, args: list[int]) -> None:
+        ret = -errno.EIO
         try:
             _name_thread(self._comm(pid))
             ret = {NR_INIT_MODULE: self._init_module, NR_FINIT_MODULE: self._finit_module,
-                   NR_DELETE_MODULE: self._delete_module, NR_SYSLOG: self._syslog}[nr](pid, args, nid)
+                   NR_DELETE_MODULE: self._delete_module, NR_SYSLOG: self._syslog,
+                   NR_GETPID: self._getpid}[nr](pid, args, nid)
         except OSError as exc:
             ret = -(exc.errno or errno.EIO)
-        self._respond(nid, ret)
+        finally:
+            self._respond(nid, ret)  # whatever happened, the caller is answered
 
     # -- what the caller passed --------------------------------------------------
     def _open(self, pid: int, rel: str, flags: int = os.O_RDONLY) -> int:
@@ -333,6 +350,33 @@ class Supervisor:
             return os.stat(str(pid), dir_fd=self.proc_fd).st_uid
         except OSError:
             return 0
+
+    def _patched(self, name: str) -> bool:
+        now = time.monotonic()
+        if now - self._patched_at > PATCHED_CACHE_S:
+            try:
+                with open(self.control / "syscalls_patched") as f:
+                    self._patched_set = set(f.read().split())
+            except OSError:
+                self._patched_set = set()
+            self._patched_at = now
+        return name in self._patched_set
+
+    def _getpid(self, pid: int, args: list[int], nid: int) -> int:
+        """getpid() as task ``pid`` in the model (its value is the model's:
+        the thread group's id, unless a patch says otherwise)."""
+        fd = os.open(self.control / "syscall", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.write(fd, f"getpid {pid}".encode())
+            return int(os.pread(fd, 64, 0) or b"-38")
+        except (OSError, ValueError) as exc:
+            return -(getattr(exc, "errno", None) or errno.EIO)
+        finally:
+            os.close(fd)
+
+    def _continue(self, nid: int) -> None:
+        resp = ctypes.create_string_buffer(RESP.pack(nid, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE), RESP.size)
+        _libc.ioctl(self.listener, SECCOMP_IOCTL_NOTIF_SEND, ctypes.addressof(resp))
 
     def _load(self, image: bytes, params: bytes) -> int:
         record = params + b"\0" + image
