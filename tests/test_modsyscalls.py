@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,28 @@ def test_a_patched_getpid_switches_each_caller_at_its_own_kernel_exit(workdir: P
     """, cwd=workdir, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines() == ["npids 0", "1", "pid 1 ok", "pid 2 ok", "pid 3 ok", "removed", "unpatched ok"]
+
+
+POLL_KMSG = r"""
+import os, select, subprocess, sys, time
+fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+while True:  # read to the end, as a log reader does before it waits
+    try:
+        os.read(fd, 8192)
+    except BlockingIOError:
+        break
+p = select.poll()
+p.register(fd, select.POLLIN)
+print("at the end:", p.poll(200))
+subprocess.Popen(["bash", "-c", "sleep 0.3; echo polled > /dev/kmsg"])
+print("woken:", p.poll(10_000))
+print("record:", os.read(fd, 1000).decode().split(";", 1)[1].strip())
+"""
+
+
+def test_poll_on_dev_kmsg_waits_for_the_next_record(require_fuse, tmp_path: Path) -> None:
+    """devkmsg_poll(): nothing to read at the end of the log, and a waiting
+    poll(2) is woken by the next record."""
+    r = livefs_cli("run", "--", sys.executable, "-c", POLL_KMSG, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["at the end: []", "woken: [(3, 1)]", "record: polled"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 
 import attrs
 
@@ -67,6 +68,14 @@ class KmsgHandle:
         else:
             return -errno.EINVAL
         return 0
+
+    def poll_events(self, req: Request) -> int:
+        """devkmsg_poll(): readable when a record waits at the reader's
+        place; an error too when that place was overwritten."""
+        printk = req.kernel.printk
+        if self.seq < printk.first_seq():
+            return select.POLLIN | select.POLLRDNORM | select.POLLERR | select.POLLPRI
+        return select.POLLIN | select.POLLRDNORM if printk.record_at(self.seq) is not None else 0
 
     def _sought(self, req: Request, offset: int) -> None:
         if offset != self.pos:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import stat
 import time
 from typing import Any, Callable, Protocol
@@ -39,8 +40,12 @@ if not fuse_session.LIBFUSE3:
 from .tree import Attr, Dir, Request, Stream, Symlink, nlink, resolve
 
 
+DEFAULT_POLLMASK = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
+
+
 class Owner(Protocol):
     def syscall(self, pid: int, fn: Callable[[Request], Any], uid: int = 0) -> Any: ...
+    def on_next_record(self, wake: Callable[[], None]) -> None: ...
     def wait_for_log(self, timeout: float) -> bool: ...
     @property
     def stopping(self) -> bool: ...
@@ -208,6 +213,23 @@ class LivefsOperations(fuse.Operations):
             handle.pos = ret  # where the kernel now keeps the reader
             return ret
         return self._call(fn)
+
+    def poll(self, path: str, fh: int, ph: int | None, reventsp) -> int:
+        """poll(2): a handle with ``poll_events`` (``/dev/kmsg``) says what it
+        has now, and a waiting caller is woken at the next record; any other
+        file is always ready (DEFAULT_POLLMASK, as for a file without poll)."""
+        def fn(req: Request) -> int:
+            events = getattr(self._handle(fh), "poll_events", None)
+            mask = events(req) if events is not None else DEFAULT_POLLMASK
+            if ph:
+                if mask == 0 and events is not None:
+                    # registered under the model's lock: no record can slip in between
+                    self.owner.on_next_record(lambda: fuse_session.notify_poll(ph))
+                else:
+                    fuse_session.drop_poll(ph)
+            return mask
+        reventsp[0] = self._call(fn)
+        return 0
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         def fn(req: Request) -> int:

@@ -243,6 +243,18 @@ def session_exited() -> bool:
     return bool(lib.fuse_exited(ctypes.c_void_p(fuse_p)))
 
 
+def notify_poll(ph: int) -> None:
+    """Wake a poll(2) that waits on a file (libfuse's pollhandle), then let the handle go."""
+    lib = fuse._libfuse
+    lib.fuse_notify_poll(ctypes.c_void_p(ph))
+    lib.fuse_pollhandle_destroy(ctypes.c_void_p(ph))
+
+
+def drop_poll(ph: int) -> None:
+    """A pollhandle that nobody will be woken through."""
+    fuse._libfuse.fuse_pollhandle_destroy(ctypes.c_void_p(ph))
+
+
 def interrupted() -> bool:
     """The kernel sent FUSE_INTERRUPT for the request this thread serves (its
     caller got a signal; after SIGKILL the kernel waits for our answer)."""

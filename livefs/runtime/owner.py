@@ -56,6 +56,7 @@ class ModelOwner:
         self._stop = threading.Event()
         self._log_cond = threading.Condition()
         self._log_seq = 0
+        self._record_waiters: list[Callable[[], None]] = []
         self._known: set[int] = set()
         self._wake: trio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -178,6 +179,14 @@ class ModelOwner:
         with self._log_cond:
             self._log_seq = rec.seq
             self._log_cond.notify_all()
+        waiting, self._record_waiters = self._record_waiters, []
+        for wake in waiting:
+            wake()
+
+    def on_next_record(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` at the next log record (a poll(2) of /dev/kmsg waits for it).
+        Called under :attr:`lock`, where records are made."""
+        self._record_waiters.append(wake)
 
     def wait_for_log(self, timeout: float) -> bool:
         with self._log_cond:
