@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 import struct
 import threading
@@ -47,6 +48,7 @@ log = logging.getLogger("livefs")
 LIBFUSE3 = fuse.fuse_version_major == 3
 
 FUSE_READ = 15
+SPIN_S = 0.0002  # see Session._spin
 _IN_HEADER = struct.Struct("=IIQQIIIHH")  # struct fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, ...
 _READ_FH = struct.Struct("=Q")  # struct fuse_read_in starts with the file handle
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -83,6 +85,7 @@ def _bind() -> ctypes.CDLL:
     for name in ("fuse_remove_signal_handlers", "fuse_session_reset", "fuse_session_exit"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = None
+    lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
     lib.fuse_session_receive_buf.argtypes = [ctypes.c_void_p, ctypes.POINTER(FuseBuf)]
     lib.fuse_session_process_buf.argtypes = [ctypes.c_void_p, ctypes.POINTER(FuseBuf)]
     lib.fuse_session_process_buf.restype = None
@@ -159,8 +162,13 @@ class Session:
         lib = self.lib
         res = 0
         buf = FuseBuf()
+        ready = select.poll()
+        ready.register(lib.fuse_session_fd(se), select.POLLIN)
         try:
             while not lib.fuse_session_exited(se):
+                self._spin(ready)
+                if lib.fuse_session_exited(se):  # a signal while we looked
+                    break
                 res = lib.fuse_session_receive_buf(se, ctypes.byref(buf))
                 if res == -4:  # -EINTR: a signal; the handler may have ended the session
                     continue
@@ -177,6 +185,17 @@ class Session:
         # readers still waiting in worker threads see it and finish
         lib.fuse_session_exit(se)
         return 0 if res >= 0 else -res
+
+    @staticmethod
+    def _spin(ready: "select.poll") -> None:
+        """Look for the next request for SPIN_S before sleeping in read():
+        a shell's requests come a few microseconds apart, and a CPU that has
+        gone idle in between wakes up late (measured here: a minimal Python
+        filesystem answers in 153 µs on a quiet machine, 60 µs with the CPUs
+        kept busy).  At most SPIN_S of CPU after each burst of requests."""
+        end = time.monotonic() + SPIN_S
+        while not ready.poll(0) and time.monotonic() < end:
+            pass
 
     def _may_block(self, buf: FuseBuf) -> bool:
         if buf.flags or not buf.mem or buf.size < _IN_HEADER.size + _READ_FH.size:
