@@ -112,10 +112,11 @@ def debug_dir(tracing: Dir) -> Dir:
                                 store=_clear_store)),
         # what syslog(2) reads (livefs run answers the command's syslog calls
         # from it): the records since the last clear, each ended by a NUL
-        ("syslog", Attr(perm=0o400, st_size=0, show=lambda r: "".join(f"{t}\0" for t in r.kernel.printk.syslog_texts()))),
+        ("syslog", Attr(perm=0o400, st_size=0,
+                        show=lambda r: "".join(f"{t}\0" for t in r.kernel.printk.syslog_texts()))),
         ("catalog", Attr(perm=0o444, st_size=0, show=lambda r: "".join(f"{n}\n" for n in catalog()))),
         ("getpid", Attr(perm=0o444, st_size=0,
-                        show=lambda r: f"{r.kernel.call(r.task, 'vmlinux', '__x64_sys_getpid')}\n")),
+                        show=lambda r: f"{r.kernel.call(r.task, 'vmlinux', SYSCALL_FUNCS['getpid'])}\n")),
         ("static_keys", Attr(perm=0o444, st_size=0, show=lambda r: r.kernel.jump_labels.render())),
         ("syscall", Stream(perm=0o600, opener=lambda r, flags: SyscallHandle())),
         ("syscalls_patched", Attr(perm=0o444, st_size=0, show=_patched_syscalls)),

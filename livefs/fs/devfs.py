@@ -1,17 +1,19 @@
 """/dev/kmsg: one record per write, one record per read (printk.c devkmsg_*).
 
 FUSE hands lseek(2) to the daemon only for SEEK_DATA and SEEK_HOLE (and not at
-all through libfuse 2): the kernel moves the file position itself.  So the position of each read tells what the reader did in
-between: the file says it is KMSG_END bytes long, every record read moves the
-position on by its length, and a read that comes somewhere else was preceded
-by a seek -- to 0 (SEEK_SET, or SEEK_DATA) or to KMSG_END (SEEK_END), which
-:meth:`KmsgHandle.llseek` then applies as devkmsg_llseek() does.  Any other
-position is a seek the kernel refuses (an offset other than 0 is ESPIPE,
-SEEK_CUR is EINVAL): the reader stays where it was.  What lseek(2) itself
-returns is the VFS's answer, not devkmsg_llseek()'s.  The seek is seen only
-at the next read, so SEEK_END goes after the last record there was when the
-reader last used the file: a record logged between the seek and the read is
-read, as it would be on the kernel (one logged just before the seek is too)."""
+all through libfuse 2): for the rest the kernel moves the file position
+itself. So the position of each read tells what the reader did in between: the
+file says it is KMSG_END bytes long, every record read moves the position on
+by its length, and a read that comes somewhere else was preceded by a seek --
+to 0 (SEEK_SET, or SEEK_DATA through libfuse 2) or to KMSG_END (SEEK_END),
+which :meth:`KmsgHandle.llseek` then applies as devkmsg_llseek() does. Any
+other position is a seek the kernel refuses (an offset other than 0 is ESPIPE,
+SEEK_CUR is EINVAL): the reader stays where it was. What lseek(2) itself
+returns for those is the VFS's answer, not devkmsg_llseek()'s. The seek is
+seen only at the next read, so SEEK_END goes after the last record there was
+when the reader last used the file: a record logged between the seek and the
+read is read, as it would be on the kernel (one logged just before the seek is
+too)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import select
 import signal
@@ -42,8 +41,6 @@ try:
     import mfusepy as fuse  # noqa: E402
 except OSError as exc:  # no libfuse at all
     raise ImportError(f"livefs needs libfuse 3 (Debian: apt-get install fuse3): {exc}") from None
-
-log = logging.getLogger("livefs")
 
 LIBFUSE3 = fuse.fuse_version_major == 3
 
@@ -75,14 +72,13 @@ def _bind() -> ctypes.CDLL:
     lib.fuse_new_31.argtypes = [ctypes.POINTER(FuseArgs), ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.fuse_get_session.restype = ctypes.c_void_p
     lib.fuse_get_session.argtypes = [ctypes.c_void_p]
-    for name in ("fuse_mount",):
-        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.fuse_mount.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     for name in ("fuse_unmount", "fuse_destroy"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = None
     for name in ("fuse_set_signal_handlers", "fuse_session_exited"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
-    for name in ("fuse_remove_signal_handlers", "fuse_session_reset", "fuse_session_exit"):
+    for name in ("fuse_remove_signal_handlers", "fuse_session_exit"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = None
     lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
@@ -120,7 +116,6 @@ class Session:
     def __init__(self, is_stream: Callable[[int], bool]) -> None:
         self.is_stream = is_stream
         self.lib = _lib
-        self.se: int | None = None
         self.workers: set[threading.Thread] = set()
 
     def main(self, argc: int, argv, ops, ops_size: int, user_data) -> int:

@@ -129,7 +129,12 @@ class HostDir(Dir):
     path: str = ""
 
     def lookup(self, req: Request, name: str) -> Node | None:
-        return passthrough(f"{self.path}/{name}") if name not in ("", ".", "..") else None
+        return host_child(self.path, name)
+
+
+def host_child(directory: str, name: str) -> Node | None:
+    """One name of a host directory served by value, looked up alone."""
+    return passthrough(f"{directory}/{name}") if name not in ("", ".", "..") else None
 
 
 def passthrough(path: str) -> Node | None:
@@ -221,17 +226,18 @@ class HostProc:
         return Dir(perm=0o555, entries=entries, child=child)
 
     def _sys_dir(self) -> Dir:
+        def mock_kernel(req: Request) -> Dir:
+            return self.mock.lookup(req, "sys").lookup(req, "kernel")  # type: ignore[union-attr, return-value]
+
         def kernel(req: Request) -> Iterable[tuple[str, Node]]:
-            mock_kernel = self.mock.lookup(req, "sys").lookup(req, "kernel")  # type: ignore[union-attr]
-            mine = {n: node for n, node in mock_kernel.listing(req) if n in MOCK_SYSCTLS}
+            mine = {n: node for n, node in mock_kernel(req).listing(req) if n in MOCK_SYSCTLS}
             yield from host_entries(f"{HOST_PROC}/sys/kernel", mine)
             yield from mine.items()
 
         def kernel_child(req: Request, name: str) -> Node | None:
             if name in MOCK_SYSCTLS:
-                mock_kernel = self.mock.lookup(req, "sys").lookup(req, "kernel")  # type: ignore[union-attr]
-                return mock_kernel.lookup(req, name)
-            return passthrough(f"{HOST_PROC}/sys/kernel/{name}") if name not in ("", ".", "..") else None
+                return mock_kernel(req).lookup(req, name)
+            return host_child(f"{HOST_PROC}/sys/kernel", name)
 
         kernel_dir = Dir(perm=0o555, entries=kernel, child=kernel_child)
 
@@ -241,10 +247,9 @@ class HostProc:
                     yield name, kernel_dir
                 elif (node := passthrough(f"{HOST_PROC}/sys/{name}")) is not None:
                     yield name, node
+
         def child(req: Request, name: str) -> Node | None:
-            if name == "kernel":
-                return kernel_dir
-            return passthrough(f"{HOST_PROC}/sys/{name}") if name not in ("", ".", "..") else None
+            return kernel_dir if name == "kernel" else host_child(f"{HOST_PROC}/sys", name)
 
         return Dir(perm=0o555, entries=top, child=child)
 

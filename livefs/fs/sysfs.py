@@ -25,7 +25,7 @@ def _object_dir(obj: KlpObject) -> Dir:
         if req.kernel.version.has_object_patched:
             yield "patched", _int_attr(lambda r: obj.patched)
         yield from _func_dirs(obj)
-    return FixedDir(build=entries)
+    return FixedDir(entries=entries)
 
 
 @per_object
@@ -43,7 +43,7 @@ def _patch_dir(patch: KlpPatch) -> Dir:
             yield "stack_order", _int_attr(lambda r: lp.stack_order(patch))
         for obj in patch.objs:
             yield obj.sysfs_name, _object_dir(obj)
-    return FixedDir(build=entries)
+    return FixedDir(entries=entries)
 
 
 def livepatch_dir() -> Dir:

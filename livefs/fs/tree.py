@@ -240,22 +240,18 @@ class FixedDir(Dir):
     on the kernel version and the patch, both fixed), so they are made at the
     first request and looked up by name after that."""
 
-    build: Entries = attrs.field(factory=lambda: (lambda req: ()))
-    _items: list[tuple[str, Node]] | None = None
-    _index: dict[str, Node] = attrs.field(factory=dict)
+    _made: dict[str, Node] | None = None  # ``entries`` at the first request, in their order
 
-    def _made(self, req: Request) -> list[tuple[str, Node]]:
-        if self._items is None:
-            self._items = list(self.build(req))
-            self._index = dict(self._items)
-        return self._items
+    def _index(self, req: Request) -> dict[str, Node]:
+        if self._made is None:
+            self._made = dict(self.entries(req))
+        return self._made
 
     def listing(self, req: Request) -> list[tuple[str, Node]]:
-        return list(self._made(req))
+        return list(self._index(req).items())
 
     def lookup(self, req: Request, name: str) -> Node | None:
-        self._made(req)
-        return self._index.get(name)
+        return self._index(req).get(name)
 
 
 _T = TypeVar("_T")

@@ -17,8 +17,9 @@ model said.  syslog(2) is answered from the model's log too (``dmesg -c`` and
 ``dmesg -C`` clear the model's, never the host's).  getpid(2), which a
 livepatch may patch (test_klp_syscall), goes on to the host kernel unless a
 patch replaces it; then the model makes it as the calling task (which so
-enters and leaves the model's kernel and switches on its way out).  A filter that cannot be installed (a kernel before 5.0) leaves
-the command with the stand-ins alone, and ``--verbose`` says so.  The command
+enters and leaves the model's kernel and switches on its way out).  A filter
+that cannot be installed (a kernel before 5.0) leaves the command with the
+stand-ins alone, and ``--verbose`` says so.  The command
 never has CAP_SYS_MODULE either way: a call the filter does not see fails
 closed in the host kernel.
 """
@@ -37,6 +38,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from livefs.fs.hostproc import host_dmesg_restrict
+from livefs.kernel.printk import log_buf_len
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _libc.syscall.restype = ctypes.c_long
@@ -52,13 +56,11 @@ PATCHED_CACHE_S = 0.02  # how long "is getpid patched?" is taken as known
 # syslog(2) actions (include/linux/syslog.h)
 (SYSLOG_CLOSE, SYSLOG_OPEN, SYSLOG_READ, SYSLOG_READ_ALL, SYSLOG_READ_CLEAR, SYSLOG_CLEAR, SYSLOG_CONSOLE_OFF,
  SYSLOG_CONSOLE_ON, SYSLOG_CONSOLE_LEVEL, SYSLOG_SIZE_UNREAD, SYSLOG_SIZE_BUFFER) = range(11)
-LOG_BUF_LEN = 1 << 17  # CONFIG_LOG_BUF_SHIFT=17, as the model's ring (livefs.kernel.printk)
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_USER_NOTIF = 0x7FC00000
-SECCOMP_RET_ERRNO = 0x00050000
 NR_SECCOMP = 317
 PR_SET_NAME = 15
 # <linux/seccomp.h>: _IOWR('!', 0, struct seccomp_notif), _IOWR('!', 1, struct
@@ -129,7 +131,7 @@ def recv_fd(sock: socket.socket) -> tuple[int | None, int]:
     msg, fds, _, _ = socket.recv_fds(sock, 16, 1)
     if fds:
         return fds[0], 0
-    return None, int(msg or b"0") if msg.isdigit() else errno.EIO
+    return None, (int(msg) if msg.isdigit() else errno.EIO)
 
 
 class Supervisor:
@@ -295,12 +297,12 @@ class Supervisor:
         root = self._euid(pid) == 0
         if action in (SYSLOG_CLOSE, SYSLOG_OPEN):
             return 0
-        if action in (SYSLOG_READ_ALL, SYSLOG_SIZE_BUFFER) and not root and _dmesg_restricted():
+        if action in (SYSLOG_READ_ALL, SYSLOG_SIZE_BUFFER) and not root and host_dmesg_restrict():
             return -errno.EPERM
         if action not in (SYSLOG_READ_ALL, SYSLOG_SIZE_BUFFER) and not root:
             return -errno.EPERM
         if action == SYSLOG_SIZE_BUFFER:
-            return LOG_BUF_LEN
+            return log_buf_len()  # the model's ring, CONFIG_LOG_BUF_SHIFT=17
         if action == SYSLOG_SIZE_UNREAD:
             return sum(len(t.encode()) for t in self._texts())
         if action == SYSLOG_CLEAR:
@@ -398,11 +400,6 @@ class Supervisor:
     def _respond(self, nid: int, ret: int) -> None:
         resp = ctypes.create_string_buffer(RESP.pack(nid, 0 if ret < 0 else ret, ret if ret < 0 else 0, 0), RESP.size)
         _libc.ioctl(self.listener, SECCOMP_IOCTL_NOTIF_SEND, ctypes.addressof(resp))  # ENOENT: the caller is gone
-
-
-def _dmesg_restricted() -> bool:
-    from livefs.fs.hostproc import host_dmesg_restrict
-    return host_dmesg_restrict()
 
 
 def _name_thread(comm: str) -> None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import os
 import errno
+import os
 import shutil
 import signal
 import socket
@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from livefs.catalog import image
 from livefs.fs.root import HOST_SYS_KERNEL_ENV
 from livefs.runtime import modsyscalls
 from livefs.runtime.mounts import is_livefs
@@ -47,6 +48,7 @@ PR_CAPBSET_DROP = 24
 DROPPED_CAPS = {"CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17, "CAP_SYS_BOOT": 22, "CAP_SYS_TIME": 25}
 READY_TIMEOUT_S = 20.0
 VERBOSE_ENV = "LIVEFS_RUN_VERBOSE"  # set by livefs run --verbose
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")  # where a root shell finds kmod's tools
 
 # (path inside the mount, real path it is laid over)
 BINDS = [
@@ -110,15 +112,13 @@ def provide_module_tree(scratch: Path) -> None:
     release = os.uname().release
     top = Path(f"/lib/modules/{release}")
     host_build = os.path.realpath(top / "build") if (top / "build").is_dir() else None
-    provide_directory(top / "build", scratch / "modules")
+    provide_directory(top, scratch / "modules")
     mount("tmpfs", str(top), "tmpfs", 0, "mode=0755,size=16m")
     (top / "build").mkdir()
     if host_build is not None:
         mount(host_build, str(top / "build"), None, MS_BIND, None)
-    from livefs.catalog import image
     list(image.export(top / "extra", release, None))
-    depmod = shutil.which("depmod") or next((p for p in ("/usr/sbin/depmod", "/sbin/depmod") if os.path.exists(p)),
-                                            None)
+    depmod = shutil.which("depmod", path=os.pathsep.join([os.environ.get("PATH", ""), *SBIN]))
     if depmod is not None:  # without it modprobe finds nothing, as on a machine without depmod's files
         subprocess.run([depmod, "-a", release], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        check=False)
@@ -185,9 +185,6 @@ def run_command(cmd: list[str], env: dict[str, str], parent: int, proc_fd: int) 
         signal.signal(s, forward)
     rc = proc.wait()
     return rc if rc >= 0 else 128 - rc
-
-
-SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 def command_path(tools: Path, path: str, own_tools: bool) -> str:
